@@ -1,0 +1,141 @@
+"""The agent process: enroll (or load its identity), then heartbeat, install what the controller wants,
+serve it, and report telemetry. Each concern lives in its own module; this file only wires them."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+from agent import identity as ids
+from agent.client import Backoff, ControllerClient, retry_unavailable
+from agent.settings import AgentSettings
+from shared.errors import ConfigError
+from shared.hardware import HardwareInfo, detect
+from shared.pb import agent_pb2, common_pb2
+
+log = logging.getLogger(__name__)
+AGENT_VERSION = "0.1.0"
+
+
+def hardware_pb(hw: HardwareInfo) -> common_pb2.Hardware:
+    return common_pb2.Hardware(**hw.as_dict())
+
+
+def _read_ca(settings: AgentSettings) -> bytes | None:
+    if settings.insecure:
+        return None
+    if settings.ca_cert is None:
+        raise ConfigError(
+            "--ca-cert",
+            "",
+            "the controller's CA certificate is needed to enroll over TLS (its <data-dir>/tls/ca.pem); "
+            "use --insecure only for local development",
+        )
+    path = Path(settings.ca_cert)
+    if not path.exists():
+        raise ConfigError(str(path), "", "CA certificate file does not exist")
+    return path.read_bytes()
+
+
+def enroll_or_load(settings: AgentSettings, hw: HardwareInfo) -> ids.Identity:
+    """The saved identity, or a new one from enrolling with the token (the CA is pinned then)."""
+    saved = ids.load(settings.data_dir)
+    if saved is not None:
+        if settings.profile and settings.profile != saved.profile:
+            log.info("pinned profile changed to %s: re-enrolling as %s", settings.profile, saved.agent_id)
+        else:
+            return saved
+    if not settings.enrollment_token:
+        raise ConfigError(
+            str(ids.identity_path(settings.data_dir)),
+            "",
+            "no saved identity: pass --token with an enrollment token from `slmops tokens create`",
+        )
+    ca_pem = _read_ca(settings)
+    client = ControllerClient(settings.controller, ca_pem, str(settings.ca_cert or ""))
+    try:
+        response = client.enroll(
+            agent_pb2.EnrollRequest(
+                enrollment_token=settings.enrollment_token,
+                hardware=hardware_pb(hw),
+                pinned_profile=settings.profile,
+                agent_version=AGENT_VERSION,
+                previous_agent_id=saved.agent_id if saved else "",
+            )
+        )
+    finally:
+        client.close()
+    identity = ids.Identity(
+        agent_id=response.agent_id,
+        agent_secret=response.agent_secret,
+        controller=settings.controller,
+        profile=response.profile.name,
+        manifest_public_key_pem=response.manifest_public_key.decode(),
+        ca_pem=(ca_pem or b"").decode(),
+    )
+    ids.save(settings.data_dir, identity)
+    log.info("enrolled as %s with profile %s", identity.agent_id, identity.profile)
+    return identity
+
+
+class Agent:
+    """One edge agent. ``run()`` blocks until ``stop()``."""
+
+    def __init__(self, settings: AgentSettings) -> None:
+        self.settings = settings
+        self.stop_event = threading.Event()
+        self.hardware = detect(settings.data_dir, check_foundry=settings.check_foundry)
+        self.identity = enroll_or_load(settings, self.hardware)
+        ca = self.identity.ca_pem.encode() if self.identity.ca_pem else None
+        self.address = settings.controller or self.identity.controller
+        self.client = ControllerClient(self.address, ca, "pinned CA in identity.json")
+        self.client.set_credentials(self.identity.agent_id, self.identity.agent_secret)
+        self.interval_s = settings.heartbeat_interval_s or 10.0
+        self.profile: common_pb2.Profile | None = None
+        self.last_heartbeat = 0.0
+        self._backoff = Backoff(max_s=settings.backoff_max_s)
+        self.services = _services(self)
+
+    @property
+    def agent_id(self) -> str:
+        return self.identity.agent_id
+
+    def heartbeat_request(self) -> agent_pb2.HeartbeatRequest:
+        request = agent_pb2.HeartbeatRequest(agent_id=self.agent_id, hardware=hardware_pb(self.hardware))
+        self.services.fill_heartbeat(request)
+        return request
+
+    def heartbeat_once(self) -> agent_pb2.HeartbeatResponse:
+        response = self.client.call("Heartbeat", self.heartbeat_request())
+        assert isinstance(response, agent_pb2.HeartbeatResponse)
+        self.last_heartbeat = time.time()
+        if response.heartbeat_interval_s and not self.settings.heartbeat_interval_s:
+            self.interval_s = float(response.heartbeat_interval_s)
+        if response.HasField("profile"):
+            if self.profile is not None and response.profile.name != self.profile.name:
+                log.info("controller moved this device to profile %s", response.profile.name)
+            self.profile = response.profile
+        self.services.on_heartbeat(response)
+        return response
+
+    def run(self) -> None:
+        log.info("agent %s running against %s", self.agent_id, self.address)
+        self.services.start()
+        try:
+            while not self.stop_event.is_set():
+                retry_unavailable(self.heartbeat_once, self.stop_event, self._backoff, "heartbeat")
+                self.stop_event.wait(self.interval_s)
+        finally:
+            self.services.stop()
+            self.client.close()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+
+def _services(agent: Agent):  # type: ignore[no-untyped-def]
+    from agent.services import AgentServices
+
+    return AgentServices(agent)

@@ -1,0 +1,108 @@
+"""AgentService: thin gRPC methods over fleet, rollout, transfer and telemetry domain code."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+
+from controller import fleet
+from controller.api.convert import hardware_from_pb, install_state_name, profile_to_pb
+from controller.app import ControllerApp
+from shared.errors import InvalidArgument, PermissionDenied
+from shared.pb import agent_pb2, agent_pb2_grpc, common_pb2
+
+
+def _caller(context: grpc.ServicerContext, agent_id: str) -> str:
+    """The authenticated agent id; a request naming another agent is refused."""
+    meta = dict(context.invocation_metadata() or ())
+    caller = meta.get("x-slmops-agent-id", "")
+    if agent_id and agent_id != caller:
+        raise PermissionDenied(f"agent '{caller}' may not act for agent '{agent_id}'")
+    return caller
+
+
+class AgentService(agent_pb2_grpc.AgentServiceServicer):
+    def __init__(self, app: ControllerApp) -> None:
+        self.app = app
+
+    def Enroll(self, request: agent_pb2.EnrollRequest, context: grpc.ServicerContext) -> agent_pb2.EnrollResponse:
+        device, secret, profile = fleet.enroll(
+            self.app.store,
+            self.app.catalog.all(),
+            request.enrollment_token,
+            hardware_from_pb(request.hardware),
+            request.pinned_profile,
+            request.previous_agent_id,
+        )
+        self.app.agents.forget(device.agent_id)
+        return agent_pb2.EnrollResponse(
+            agent_id=device.agent_id,
+            agent_secret=secret,
+            profile=profile_to_pb(profile),
+            manifest_public_key=self.app.manifest_public_pem,
+            heartbeat_interval_s=self.app.settings.heartbeat_interval_s,
+        )
+
+    def Heartbeat(
+        self, request: agent_pb2.HeartbeatRequest, context: grpc.ServicerContext
+    ) -> agent_pb2.HeartbeatResponse:
+        agent_id = _caller(context, request.agent_id)
+        state = fleet.DeviceState(
+            hardware=hardware_from_pb(request.hardware) if request.HasField("hardware") else {},
+            installed_name=request.installed.name,
+            installed_version=request.installed.version,
+            install_state=install_state_name(request.install_state),
+            serving_url=request.serving_url,
+            runtime=request.runtime,
+            active_provider=request.active_provider,
+            healthy=request.healthy,
+            rollout_id=request.rollout_id,
+        )
+        _device, profile, _changed = fleet.heartbeat(self.app.store, self.app.catalog.all(), agent_id, state)
+        response = agent_pb2.HeartbeatResponse(heartbeat_interval_s=self.app.settings.heartbeat_interval_s)
+        if profile is not None:
+            response.profile.CopyFrom(profile_to_pb(profile))
+        try:  # TEMPORARY during integration
+            from controller.rollout import engine as rollouts
+        except ImportError:
+            return response
+        desired = rollouts.desired_for(self.app.store, agent_id)
+        if desired is not None:
+            response.desired.CopyFrom(rollouts.desired_to_pb(desired))
+        return response
+
+    def DownloadArtifact(
+        self, request: agent_pb2.DownloadRequest, context: grpc.ServicerContext
+    ) -> Iterator[agent_pb2.ArtifactChunk]:
+        from controller.registry.transfer_pb import stream_artifact
+
+        if len(request.sha256) != 64:
+            raise InvalidArgument("sha256 must be 64 hex characters")
+        yield from stream_artifact(self.app.blobs, request.sha256, request.offset, request.max_bytes_per_s)
+
+    def ReportInstall(self, request: agent_pb2.InstallReport, context: grpc.ServicerContext) -> common_pb2.Ack:
+        from controller.rollout import engine as rollouts
+
+        agent_id = _caller(context, request.agent_id)
+        rollouts.on_install_report(
+            self.app.store,
+            agent_id,
+            request.rollout_id,
+            request.model.name,
+            request.model.version,
+            install_state_name(request.from_state),
+            install_state_name(request.to_state),
+            request.event,
+            request.message[:2000],
+        )
+        return common_pb2.Ack()
+
+    def ReportTelemetry(
+        self, request: agent_pb2.TelemetryBatch, context: grpc.ServicerContext
+    ) -> agent_pb2.TelemetryAck:
+        from controller.telemetry.ingest import ingest_batch
+
+        agent_id = _caller(context, request.agent_id)
+        acked, duplicate = ingest_batch(self.app.store, agent_id, request)
+        return agent_pb2.TelemetryAck(acked_seq=acked, duplicate=duplicate)

@@ -1,0 +1,89 @@
+"""The controller process: gRPC server (TLS unless --insecure), scheduled jobs, job workers, /metrics."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent import futures
+
+import grpc
+
+from controller.api.admin_service import AdminService
+from controller.api.agent_service import AgentService
+from controller.api.interceptors import ControllerInterceptor
+from controller.app import ControllerApp, build_app
+from controller.settings import ControllerSettings
+from shared.errors import Unavailable
+from shared.pb import admin_pb2_grpc, agent_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+GRPC_OPTIONS = [
+    ("grpc.max_send_message_length", 8 * 1024 * 1024),
+    ("grpc.max_receive_message_length", 8 * 1024 * 1024),
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+]
+
+
+class ControllerServer:
+    """Owns the gRPC server and the background machinery; ``start()`` returns once it listens."""
+
+    def __init__(self, settings: ControllerSettings) -> None:
+        self.settings = settings
+        self.app: ControllerApp = build_app(settings)
+        self._server: grpc.Server | None = None
+        self._scheduler = None
+        self.port = 0
+        self._stopped = threading.Event()
+
+    def start(self) -> ControllerServer:
+        app = self.app
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=self.settings.grpc_workers, thread_name_prefix="rpc"),
+            interceptors=[ControllerInterceptor(app.admin_token, app.agents)],
+            options=GRPC_OPTIONS,
+        )
+        agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentService(app), server)
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminService(app), server)
+        if app.tls is None:
+            port = server.add_insecure_port(self.settings.listen)
+        else:
+            creds = grpc.ssl_server_credentials([(app.tls.server_key_pem, app.tls.server_cert_pem)])
+            port = server.add_secure_port(self.settings.listen, creds)
+        if port == 0:
+            raise Unavailable(f"cannot listen on {self.settings.listen}: address in use or not local")
+        server.start()
+        self._server, self.port = server, port
+        if app.jobs is not None:
+            app.jobs.recover()
+            app.jobs.start()
+        self._scheduler = self._start_scheduler()
+        mode = "INSECURE (plaintext)" if app.tls is None else f"TLS, CA {app.tls.ca_path}"
+        log.info("controller listening on %s (%s), data in %s", self.address, mode, self.settings.data_dir)
+        return self
+
+    def _start_scheduler(self):  # type: ignore[no-untyped-def]
+        from controller.periodic import start_periodic_jobs
+
+        return start_periodic_jobs(self.app)
+
+    @property
+    def address(self) -> str:
+        host = self.settings.listen.rsplit(":", 1)[0]
+        return f"{host}:{self.port}"
+
+    def stop(self, grace: float = 2.0) -> None:
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        if self._scheduler is not None:
+            self._scheduler.shutdown(wait=False)
+        if self._server is not None:
+            self._server.stop(grace).wait()
+        self.app.close()
+        log.info("controller stopped")
+
+    def wait(self) -> None:
+        self._stopped.wait()

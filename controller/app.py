@@ -1,0 +1,73 @@
+"""The controller's components, built once at start and shared by the servicers and scheduled jobs."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from controller.auth import AgentAuthenticator, load_or_create_admin_token
+from controller.catalog import ProfileCatalog
+from controller.settings import ControllerSettings
+from controller.store.db import Store
+from controller.tls import TlsMaterial, load_or_create
+from shared.manifest import load_or_create_signing_key, public_pem
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ControllerApp:
+    settings: ControllerSettings
+    store: Store
+    catalog: ProfileCatalog
+    agents: AgentAuthenticator
+    admin_token: str
+    tls: TlsMaterial | None
+    signing_key: Any
+    manifest_public_pem: bytes
+    # Set by build_app from the factory / registry / rollout / telemetry packages.
+    blobs: Any = None
+    registry: Any = None
+    jobs: Any = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def close(self) -> None:
+        if self.jobs is not None:
+            self.jobs.stop()
+        self.store.close()
+
+
+def build_app(settings: ControllerSettings) -> ControllerApp:
+    data = settings.data_dir
+    data.mkdir(parents=True, exist_ok=True)
+    store = Store(settings.database_url)
+    catalog = ProfileCatalog(store, settings.profiles_dir)
+    key = load_or_create_signing_key(data / "keys" / "manifest_ed25519.pem")
+    tls = None if settings.insecure else load_or_create(data / "tls", settings.tls_hosts)
+    app = ControllerApp(
+        settings=settings,
+        store=store,
+        catalog=catalog,
+        agents=AgentAuthenticator(store),
+        admin_token=load_or_create_admin_token(settings.admin_token_path, settings.admin_token),
+        tls=tls,
+        signing_key=key,
+        manifest_public_pem=public_pem(key),
+    )
+    try:  # TEMPORARY during integration
+        _attach_factory(app)
+    except ImportError as exc:
+        log.warning("factory not available yet: %s", exc)
+    return app
+
+
+def _attach_factory(app: ControllerApp) -> None:
+    """Registry, blob store and job manager (imported here: they pull in the training stack lazily)."""
+    from controller.factory.jobs import JobManager
+    from controller.registry.blobs import BlobStore
+    from controller.registry.registry import Registry
+
+    app.blobs = BlobStore(app.settings.data_dir / "artifacts")
+    app.registry = Registry(app.store, app.blobs, app.signing_key)
+    app.jobs = JobManager(app.store, app.settings.data_dir, app.catalog)

@@ -1,0 +1,148 @@
+"""`slmops build RECIPE [--follow]` and `slmops jobs list|show|cancel`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from controller.cli.common import add_connection_flags, ago, connect, console, ref
+from shared.errors import ConfigError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("build", help="submit a build recipe (YAML) to the controller")
+    p.add_argument("recipe", help="recipe file, e.g. examples/recipes/demo.yaml")
+    p.add_argument("--follow", "-f", action="store_true", help="show live progress until the job ends")
+    add_connection_flags(p)
+    p.set_defaults(func=build)
+
+    jobs = sub.add_parser("jobs", help="build and retrain jobs").add_subparsers(dest="action", required=True)
+    p = jobs.add_parser("list", help="jobs, newest first")
+    p.add_argument("--limit", type=int, default=20)
+    add_connection_flags(p)
+    p.set_defaults(func=jobs_list)
+    p = jobs.add_parser("show", help="one job; --follow shows live progress")
+    p.add_argument("job_id")
+    p.add_argument("--follow", "-f", action="store_true")
+    add_connection_flags(p)
+    p.set_defaults(func=jobs_show)
+    p = jobs.add_parser("cancel", help="cancel a queued or running job (the registry stays as it was)")
+    p.add_argument("job_id")
+    add_connection_flags(p)
+    p.set_defaults(func=jobs_cancel)
+
+
+def state_name(job) -> str:  # type: ignore[no-untyped-def]
+    from shared.pb import admin_pb2
+
+    return admin_pb2.JobState.Name(job.state).removeprefix("JOB_STATE_").lower()
+
+
+def build(args: argparse.Namespace) -> int:
+    from shared.pb import admin_pb2
+
+    path = Path(args.recipe)
+    if not path.is_file():
+        raise ConfigError(str(path), "", "recipe file does not exist")
+    conn = connect(args)
+    job = conn(
+        "SubmitBuild", admin_pb2.SubmitBuildRequest(recipe_yaml=path.read_text(), recipe_path=str(path.resolve()))
+    )
+    console.print(f"submitted job [bold]{job.job_id}[/] ({(len(job.message) and job.message) or 'queued'})")
+    return follow(conn, job.job_id) if args.follow else 0
+
+
+def follow(conn, job_id: str) -> int:  # type: ignore[no-untyped-def]
+    """Live progress bars from WatchJob; returns 0 when the job succeeded."""
+    from shared.pb import admin_pb2
+
+    last = None
+    with Progress(
+        TextColumn("[bold]{task.fields[stage]}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TextColumn("loss {task.fields[loss]}"),
+        TextColumn("eta {task.fields[eta]}"),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[message]}"),
+        console=console,
+    ) as progress:
+        tasks: dict[str, int] = {}
+        for job in conn.stream("WatchJob", admin_pb2.GetJobRequest(job_id=job_id)):
+            last = job
+            label = f"[{job.stage_index + 1}/{job.stage_count}] {job.stage}" if job.stage else "queued"
+            if label not in tasks:
+                for tid in tasks.values():
+                    progress.update(tid, completed=progress.tasks[tid].total)
+                tasks[label] = progress.add_task(
+                    label, total=job.total_steps or 1, stage=label, loss="-", eta="-", message=""
+                )
+            progress.update(
+                tasks[label],
+                total=max(job.total_steps, 1),
+                completed=job.step,
+                loss=f"{job.loss:.4f}" if job.loss else "-",
+                eta=f"{job.eta_s:.0f}s" if job.eta_s else "-",
+                message=job.message[:60],
+            )
+    if last is None:
+        return 1
+    print_job(last)
+    return 0 if last.state == admin_pb2.JOB_STATE_SUCCEEDED else 1
+
+
+def print_job(job) -> None:  # type: ignore[no-untyped-def]
+    console.print(f"job {job.job_id}: [bold]{state_name(job)}[/] {job.message}")
+    if job.error:
+        console.print(f"[red]error[/]: {job.error}")
+    if job.result.name:
+        console.print(f"published [bold]{ref(job.result)}[/]")
+    if job.summary_json:
+        from controller.cli.tables import comparison_table
+
+        console.print(comparison_table(json.loads(job.summary_json)))
+
+
+def jobs_list(args: argparse.Namespace) -> int:
+    from shared.pb import admin_pb2
+
+    jobs = connect(args)("ListJobs", admin_pb2.ListJobsRequest(limit=args.limit)).jobs
+    table = Table(title=f"{len(jobs)} job(s)")
+    for col in ("id", "kind", "state", "stage", "progress", "result", "created", "message"):
+        table.add_column(col)
+    for j in jobs:
+        stage = f"{j.stage_index + 1}/{j.stage_count} {j.stage}" if j.stage else "-"
+        table.add_row(
+            j.job_id,
+            j.kind,
+            state_name(j),
+            stage,
+            f"{j.step}/{j.total_steps}" if j.total_steps else "-",
+            ref(j.result),
+            ago(j.created_unix),
+            (j.error or j.message)[:50],
+        )
+    console.print(table)
+    return 0
+
+
+def jobs_show(args: argparse.Namespace) -> int:
+    from shared.pb import admin_pb2
+
+    conn = connect(args)
+    if args.follow:
+        return follow(conn, args.job_id)
+    print_job(conn("GetJob", admin_pb2.GetJobRequest(job_id=args.job_id)))
+    return 0
+
+
+def jobs_cancel(args: argparse.Namespace) -> int:
+    from shared.pb import admin_pb2
+
+    job = connect(args)("CancelJob", admin_pb2.GetJobRequest(job_id=args.job_id))
+    print_job(job)
+    return 0

@@ -1,0 +1,85 @@
+"""What every admin command shares: the connection to the controller and error display."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import sys
+from pathlib import Path
+
+import grpc
+from rich.console import Console
+
+from shared.errors import ConfigError
+
+# Wide enough for the device table when output goes to a file or CI log.
+console = Console(width=None if sys.stdout.isatty() else 180)
+DEFAULT_CONTROLLER = "127.0.0.1:50051"
+DEFAULT_DATA_DIR = Path(".slmops/controller")
+
+
+def add_connection_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--controller", default=None, help="HOST:PORT (env SLMOPS_CONTROLLER; default 127.0.0.1:50051)")
+    parser.add_argument("--token", default=None, help="admin token (env SLMOPS_TOKEN; default: <data-dir>/admin.token)")
+    parser.add_argument(
+        "--ca-cert", default=None, help="controller CA (env SLMOPS_CA_CERT; default <data-dir>/tls/ca.pem)"
+    )
+    parser.add_argument("--insecure", action="store_true", default=None, help="plaintext gRPC (local dev only)")
+    parser.add_argument("--data-dir", default=None, help="controller data dir to find the token and CA (local use)")
+
+
+class AdminConnection:
+    """An AdminService stub with the admin token attached to every call."""
+
+    def __init__(self, address: str, token: str, ca_pem: bytes | None) -> None:
+        from shared.pb import admin_pb2_grpc
+
+        self.address = address
+        if ca_pem is None:
+            self.channel = grpc.insecure_channel(address)
+        else:
+            self.channel = grpc.secure_channel(address, grpc.ssl_channel_credentials(root_certificates=ca_pem))
+        self.stub = admin_pb2_grpc.AdminServiceStub(self.channel)
+        self.metadata = [("authorization", f"Bearer {token}")]
+
+    def __call__(self, method: str, request: object, timeout: float = 60.0) -> object:
+        return getattr(self.stub, method)(request, metadata=self.metadata, timeout=timeout)
+
+    def stream(self, method: str, request: object):  # type: ignore[no-untyped-def]
+        return getattr(self.stub, method)(request, metadata=self.metadata)
+
+
+def connect(args: argparse.Namespace) -> AdminConnection:
+    data_dir = Path(args.data_dir or os.environ.get("SLMOPS_DATA_DIR") or DEFAULT_DATA_DIR)
+    address = args.controller or os.environ.get("SLMOPS_CONTROLLER") or DEFAULT_CONTROLLER
+    token = args.token or os.environ.get("SLMOPS_TOKEN", "")
+    if not token and (data_dir / "admin.token").exists():
+        token = (data_dir / "admin.token").read_text().strip()
+    insecure = args.insecure if args.insecure is not None else os.environ.get("SLMOPS_INSECURE") == "1"
+    ca_pem = None
+    if not insecure:
+        ca = Path(args.ca_cert or os.environ.get("SLMOPS_CA_CERT") or data_dir / "tls" / "ca.pem")
+        if not ca.exists():
+            raise ConfigError(
+                str(ca),
+                "",
+                "controller CA certificate not found: pass --ca-cert, or --insecure for a plaintext dev controller",
+            )
+        ca_pem = ca.read_bytes()
+    return AdminConnection(address, token, ca_pem)
+
+
+def ago(ts: float) -> str:
+    if not ts:
+        return "never"
+    seconds = max(0.0, dt.datetime.now().timestamp() - ts)
+    if seconds < 90:
+        return f"{seconds:.0f}s ago"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f}m ago"
+    return f"{seconds / 3600:.1f}h ago"
+
+
+def ref(model) -> str:  # type: ignore[no-untyped-def]
+    return f"{model.name}:{model.version}" if model.name else "-"

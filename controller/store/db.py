@@ -1,0 +1,82 @@
+"""The controller's database: one SQLAlchemy engine (SQLite file by default, PostgreSQL at scale).
+
+``Store(url)`` opens the database and applies pending migrations. Use ``store.session()`` as a context
+manager; it commits on success and rolls back on error.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+from sqlmodel import Session, create_engine
+
+from controller.store.migrations import apply_migrations
+from shared.errors import ConfigError, Unavailable
+
+log = logging.getLogger(__name__)
+
+
+def sqlite_url(data_dir: Path) -> str:
+    return f"sqlite:///{Path(data_dir).resolve() / 'controller.db'}"
+
+
+def _make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.close()
+
+        return engine
+    if url.startswith(("postgresql", "postgres")):
+        if url.startswith("postgres://") or url.startswith("postgresql://"):
+            url = "postgresql+psycopg://" + url.split("://", 1)[1]
+        return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    raise ConfigError("--db", "url", f"unsupported database URL '{url}': use sqlite:///PATH or postgresql+psycopg://")
+
+
+class Store:
+    """Owns the engine; every controller component takes a Store."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = _make_engine(url)
+        try:
+            applied = apply_migrations(self.engine)
+        except Exception as exc:  # connection refused, bad credentials ...
+            if "could not connect" in str(exc) or "Connection refused" in str(exc):
+                raise Unavailable(f"cannot reach the database at {self.redacted_url}: {exc}") from exc
+            raise
+        if applied:
+            log.info("applied migrations %s to %s", ", ".join(applied), self.redacted_url)
+
+    @property
+    def redacted_url(self) -> str:
+        return self.engine.url.render_as_string(hide_password=True)
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.engine.dialect.name == "sqlite"
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with Session(self.engine, expire_on_commit=False) as session:
+            try:
+                yield session
+                session.commit()
+            except BaseException:
+                session.rollback()
+                raise
+
+    def close(self) -> None:
+        self.engine.dispose()
