@@ -1,30 +1,221 @@
-"""What the agent runs besides heartbeats: install flow, serving and telemetry (wired in one place)."""
+"""What the agent runs besides heartbeats, wired in one place: the install state machine, the serving API
+over a runtime backend, health checks and telemetry."""
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+import queue
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from shared.pb import agent_pb2
+from agent.health import run_health_check
+from agent.install.grpc_fetch import grpc_fetch
+from agent.install.machine import InstallMachine
+from agent.install.pb import state_to_pb, transition_to_pb
+from agent.install.reporting import BufferedReporter
+from agent.install.states import Transition
+from agent.runtime.base import LoadedModel, Runtime
+from agent.runtime.registry import get_runtime
+from agent.serving.server import ServingServer
+from agent.serving.service import Serving, ServingConfig
+from agent.telemetry.pipeline import TelemetryPipeline
+from agent.telemetry.reporter import grpc_sender
+from shared.errors import SlmopsError
+from shared.manifest import Manifest
+from shared.pb import agent_pb2, common_pb2
 
 if TYPE_CHECKING:
     from agent.daemon import Agent
 
 log = logging.getLogger(__name__)
+HEALTH_EVERY_S = 60.0
 
 
 class AgentServices:
     def __init__(self, agent: Agent) -> None:
+        s = agent.settings
         self.agent = agent
+        self.data_dir = Path(s.data_dir)
+        host, port = s.serve_listen.rsplit(":", 1)
+        config = ServingConfig(
+            host=host,
+            port=int(port),
+            api_key=s.api_key or None,
+            workers=s.workers,
+            max_queue=s.max_queue,
+            profile=agent.identity.profile,
+            default_temperature=0.0,
+        )
+        self.telemetry = TelemetryPipeline(
+            self.data_dir / "telemetry",
+            agent.agent_id,
+            grpc_sender(agent.client.stub, agent.client.metadata),
+            s.telemetry_window_s,
+            agent.identity.profile,
+            report_interval_s=min(5.0, s.telemetry_window_s),
+        )
+        self.serving = Serving(config, on_request=self.telemetry.record, on_feedback=self.telemetry.feedback)
+        self.server = ServingServer(self.serving)
+        self.machine = InstallMachine(
+            self.data_dir / "install",
+            grpc_fetch(agent.client.channel, agent.client.metadata),
+            agent.identity.manifest_public_key_pem.encode(),
+            self._activate,
+            self._health_check,
+            BufferedReporter(self._send_transition),
+            keep_versions=s.keep_versions,
+        )
+        self._runtimes: dict[str, Runtime] = {}
+        self._manifests: dict[Path, Manifest] = {}
+        self._desired: queue.Queue[agent_pb2.DesiredModel | None] = queue.Queue()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
 
+    # --- lifecycle -------------------------------------------------------------------------------------
     def start(self) -> None:
-        pass
+        self.server.start()
+        self.telemetry.start()
+        for target, name in ((self._install_loop, "install"), (self._health_loop, "health")):
+            thread = threading.Thread(target=target, name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
 
     def stop(self) -> None:
-        pass
+        self._stop.set()
+        self.machine.abort("agent stopping")
+        self._desired.put(None)
+        for thread in self._threads:
+            thread.join(10)
+        self.server.stop()
+        self.serving.close()
+        self.telemetry.stop()
+        for runtime in self._runtimes.values():
+            runtime.close()
+
+    # --- model activation (called by the install machine) ----------------------------------------------
+    def _runtime_for(self, manifest: Manifest) -> Runtime:
+        name = self.agent.settings.runtime or manifest.runtime or "ort-genai"
+        if name not in self._runtimes:
+            options = {"data_dir": self.data_dir / "foundry"} if name == "foundry-local" else {}
+            self._runtimes[name] = get_runtime(name, **options)
+        return self._runtimes[name]
+
+    def _manifest_of(self, model_dir: Path) -> Manifest:
+        installed = self.machine.layout.read_installed(model_dir)
+        if installed is None:
+            raise SlmopsError(f"{model_dir} has no installed manifest")
+        return installed.manifest
+
+    def _activate(self, model_dir: Path) -> None:
+        """Load the new version and swap it in; requests in flight finish on the old one."""
+        manifest = self._manifest_of(model_dir)
+        model = self._runtime_for(manifest).load(
+            model_dir, manifest.execution_provider or "cpu", model_id=manifest.name, allow_fallback=True
+        )
+        self.serving.swap(model, manifest.version)
+        self.telemetry.set_model(manifest.name, manifest.version)
+        self._manifests[model_dir] = manifest
+        log.info("serving %s on %s (%s)", manifest.ref, model.active_provider, self._runtime_for(manifest).name)
+
+    def _budget(self, manifest: Manifest) -> dict[str, Any]:
+        p = self.agent.profile
+        budget: dict[str, Any] = {"execution_provider": manifest.execution_provider or "cpu"}
+        if p is not None:
+            budget.update(
+                max_ttft_ms=p.max_ttft_ms, max_latency_ms=p.max_latency_ms, min_tokens_per_s=p.min_tokens_per_s
+            )
+        return budget
+
+    def _check_current(self, manifest: Manifest) -> tuple[bool, str]:
+        lease = self.serving.slot.lease()
+        try:
+            result = run_health_check(lease.model, manifest.golden, self._budget(manifest))
+        finally:
+            lease.release()
+        self.serving.set_health(result.ok, result.summary(), result.figures)
+        self.telemetry.set_health(result.ok)
+        return result.ok, result.summary()
+
+    def _health_check(self, model_dir: Path, manifest: Manifest) -> tuple[bool, str]:
+        return self._check_current(manifest)
+
+    # --- loops -----------------------------------------------------------------------------------------
+    def _load_current(self) -> None:
+        current = self.machine.current_dir()
+        if current is None or self.serving.slot.loaded:
+            return
+        try:
+            self._activate(current)
+            self._check_current(self._manifests[current])
+        except SlmopsError as exc:
+            log.error("cannot serve the installed model in %s: %s", current, exc.message)
+
+    def _install_loop(self) -> None:
+        try:
+            self.machine.resume()  # finish or roll back whatever a crash interrupted
+        except SlmopsError as exc:
+            log.error("resuming the interrupted install failed: %s", exc.message)
+        self._load_current()
+        while not self._stop.is_set():
+            desired = self._desired.get()
+            if desired is None:
+                return
+            while not self._desired.empty():  # only the newest wish counts
+                newer = self._desired.get_nowait()
+                if newer is None:
+                    return
+                desired = newer
+            self._install(desired)
+
+    def _install(self, desired: agent_pb2.DesiredModel) -> None:
+        try:
+            started = self.machine.start(
+                desired.manifest.manifest_json,
+                desired.manifest.signature,
+                desired.rollout_id,
+                desired.max_bytes_per_s or self.agent.settings.max_bytes_per_s,
+            )
+            if started:
+                final = self.machine.run_to_completion()
+                log.info("install of %s:%s ended in %s", desired.model.name, desired.model.version, final)
+        except SlmopsError as exc:
+            log.error("install of %s:%s refused: %s", desired.model.name, desired.model.version, exc.message)
+
+    def _health_loop(self) -> None:
+        while not self._stop.wait(HEALTH_EVERY_S):
+            current = self.machine.current_dir()
+            if current is None or current not in self._manifests or self.machine.busy:
+                continue
+            try:
+                ok, summary = self._check_current(self._manifests[current])
+                if not ok:
+                    log.warning("periodic health check failed: %s", summary)
+            except SlmopsError as exc:
+                log.error("periodic health check could not run: %s", exc.message)
+
+    # --- controller conversation -------------------------------------------------------------------------
+    def _send_transition(self, transition: Transition) -> None:
+        self.agent.client.call("ReportInstall", transition_to_pb(transition, self.agent.agent_id))
 
     def fill_heartbeat(self, request: agent_pb2.HeartbeatRequest) -> None:
-        pass
+        current = self.machine.current_version()
+        if current is not None:
+            request.installed.CopyFrom(common_pb2.ModelRef(name=current[0], version=current[1]))
+        request.install_state = state_to_pb(self.machine.state)
+        request.serving_url = self.server.url
+        handle = self.serving.slot.current
+        model: LoadedModel | None = handle.model if handle is not None else None
+        if model is not None:
+            request.active_provider = model.active_provider
+            request.runtime = next(iter(self._runtimes), "")
+        request.healthy = bool(self.serving.health.ok)
+        record = self.machine.snapshot.record
+        request.rollout_id = record.rollout_id if record is not None else ""
 
     def on_heartbeat(self, response: agent_pb2.HeartbeatResponse) -> None:
-        pass
+        if response.HasField("profile"):
+            p = response.profile
+            self.telemetry.set_profile(p.name, p.sample_prompts, p.sample_cap)
+        if response.HasField("desired") and response.desired.manifest.manifest_json:
+            self._desired.put(response.desired)

@@ -30,6 +30,8 @@ class ControllerApp:
     blobs: Any = None
     registry: Any = None
     jobs: Any = None
+    scheduler: Any = None
+    download_gate: Any = None
     extras: dict[str, Any] = field(default_factory=dict)
 
     def close(self) -> None:
@@ -68,6 +70,11 @@ def _attach_factory(app: ControllerApp) -> None:
     from controller.registry.blobs import BlobStore
     from controller.registry.registry import Registry
 
+    from controller.registry.transfer import DownloadGate
+
     app.blobs = BlobStore(app.settings.data_dir / "artifacts")
+    # A quarter of the RPC threads stream downloads, a quarter wait: heartbeats always find a thread.
+    quarter = max(1, app.settings.grpc_workers // 4)
+    app.download_gate = DownloadGate(slots=min(app.settings.max_downloads, quarter), max_waiting=quarter)
     app.registry = Registry(app.store, app.blobs, app.signing_key)
     app.jobs = JobManager(app.store, app.settings.data_dir, app.catalog)

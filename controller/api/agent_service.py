@@ -9,6 +9,9 @@ import grpc
 from controller import fleet
 from controller.api.convert import hardware_from_pb, install_state_name, profile_to_pb
 from controller.app import ControllerApp
+from controller.registry.transfer_pb import stream_artifact
+from controller.rollout import engine as rollouts
+from controller.telemetry.ingest import ingest_batch
 from shared.errors import InvalidArgument, PermissionDenied
 from shared.pb import agent_pb2, agent_pb2_grpc, common_pb2
 
@@ -63,10 +66,6 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         response = agent_pb2.HeartbeatResponse(heartbeat_interval_s=self.app.settings.heartbeat_interval_s)
         if profile is not None:
             response.profile.CopyFrom(profile_to_pb(profile))
-        try:  # TEMPORARY during integration
-            from controller.rollout import engine as rollouts
-        except ImportError:
-            return response
         desired = rollouts.desired_for(self.app.store, agent_id)
         if desired is not None:
             response.desired.CopyFrom(rollouts.desired_to_pb(desired))
@@ -75,15 +74,18 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
     def DownloadArtifact(
         self, request: agent_pb2.DownloadRequest, context: grpc.ServicerContext
     ) -> Iterator[agent_pb2.ArtifactChunk]:
-        from controller.registry.transfer_pb import stream_artifact
-
         if len(request.sha256) != 64:
             raise InvalidArgument("sha256 must be 64 hex characters")
-        yield from stream_artifact(self.app.blobs, request.sha256, request.offset, request.max_bytes_per_s)
+        yield from stream_artifact(
+            self.app.blobs,
+            request.sha256,
+            request.offset,
+            request.max_bytes_per_s,
+            gate=self.app.download_gate,
+            context=context,
+        )
 
     def ReportInstall(self, request: agent_pb2.InstallReport, context: grpc.ServicerContext) -> common_pb2.Ack:
-        from controller.rollout import engine as rollouts
-
         agent_id = _caller(context, request.agent_id)
         rollouts.on_install_report(
             self.app.store,
@@ -96,13 +98,15 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             request.event,
             request.message[:2000],
         )
+        if self.app.scheduler is not None:  # advance waves now rather than at the next interval
+            from controller.scheduling import ROLLOUT_TICK
+
+            self.app.scheduler.wakeup(ROLLOUT_TICK)
         return common_pb2.Ack()
 
     def ReportTelemetry(
         self, request: agent_pb2.TelemetryBatch, context: grpc.ServicerContext
     ) -> agent_pb2.TelemetryAck:
-        from controller.telemetry.ingest import ingest_batch
-
         agent_id = _caller(context, request.agent_id)
         acked, duplicate = ingest_batch(self.app.store, agent_id, request)
         return agent_pb2.TelemetryAck(acked_seq=acked, duplicate=duplicate)

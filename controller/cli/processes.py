@@ -86,7 +86,10 @@ def controller_serve(args: argparse.Namespace) -> int:
 
 def agent_run(args: argparse.Namespace) -> int:
     from agent.daemon import Agent
+    from agent.install.tuning import tune_malloc_for_streaming
     from agent.settings import AgentSettings
+
+    tune_malloc_for_streaming()
 
     settings = AgentSettings(
         controller=args.controller,

@@ -101,7 +101,7 @@ class Rollout(SQLModel, table=True):
     rollout_id: str = Field(primary_key=True)
     model_name: str
     model_version: str
-    state: str = "ACTIVE"
+    state: str = Field(default="ACTIVE", index=True)
     current_wave: int = 0
     waves_json: str = "[100]"
     profiles_json: str = "[]"
@@ -124,7 +124,7 @@ class RolloutTarget(SQLModel, table=True):
     __table_args__ = (UniqueConstraint("rollout_id", "agent_id"),)
     id: int | None = Field(default=None, primary_key=True)
     rollout_id: str = Field(index=True)
-    agent_id: str
+    agent_id: str = Field(index=True)
     profile: str = ""
     wave: int = 0
     state: str = "pending"
