@@ -18,6 +18,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 pytest_plugins = [
     "tests.fixtures.stores",
     "tests.fixtures.tiny_models",
+    "tests.fixtures.serving",
 ]
 
 

@@ -1,0 +1,250 @@
+"""The onnxruntime-genai backend (the default): in-process ``og.Model`` + ``og.Generator`` per request."""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from agent.runtime.base import (
+    DEVICE_TO_PROVIDER,
+    GenParams,
+    LoadedModel,
+    ModelInfo,
+    Prompt,
+    Runtime,
+    TokenEvent,
+    UnknownAdapter,
+    as_prompt,
+    default_model_id,
+    read_genai_config,
+)
+from agent.runtime.registry import register_runtime
+from shared.errors import InvalidArgument, ModelLoadError
+
+log = logging.getLogger(__name__)
+
+# Rows of prompt logits turned into log-probabilities at once (bounds the extra memory of prompt_nll).
+_NLL_ROWS = 64
+
+
+def _import_og() -> Any:
+    try:
+        import onnxruntime_genai as og
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise ModelLoadError(
+            "onnxruntime-genai is not installed; install the agent extra (`pip install slmops[agent]`)"
+        ) from exc
+    return og
+
+
+def mean_nll(logits: np.ndarray, ids: np.ndarray) -> float:
+    """Mean negative log-likelihood of ``ids[1:]`` given logits[t] predicting ids[t+1] (logits: [T, V])."""
+    total, count = 0.0, 0
+    targets = ids[1:]
+    for start in range(0, len(targets), _NLL_ROWS):
+        rows = np.asarray(logits[start : start + len(targets[start : start + _NLL_ROWS])], dtype=np.float32)
+        peak = rows.max(axis=-1, keepdims=True)
+        logz = np.log(np.exp(rows - peak).sum(axis=-1)) + peak[:, 0]
+        picked = rows[np.arange(len(rows)), targets[start : start + len(rows)]]
+        total += float((logz - picked).sum())
+        count += len(rows)
+    return total / count
+
+
+class OrtGenaiModel(LoadedModel):
+    runtime_name = "ort-genai"
+
+    def __init__(self, og: Any, model: Any, info: ModelInfo, genai_config: dict[str, Any]) -> None:
+        super().__init__(info)
+        self._og = og
+        self._model = model
+        self._tokenizer = og.Tokenizer(model)
+        self._eos = set(int(t) for t in self._tokenizer.eos_token_ids)
+        self._config = genai_config
+        self._adapters: Any = None
+        self._adapter_names: list[str] = []
+        self._adapter_lock = threading.Lock()
+
+    # --- text -----------------------------------------------------------------------------------------------
+    def encode(self, text: str) -> np.ndarray:
+        return np.asarray(self._tokenizer.encode(text), dtype=np.int32)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._tokenizer.encode(text)) if text else 0
+
+    def apply_chat_template(self, messages: list[dict[str, str]]) -> str:
+        return self._tokenizer.apply_chat_template(json.dumps(messages), add_generation_prompt=True)
+
+    def render(self, prompt: Prompt) -> str:
+        if prompt.messages is not None:
+            return self.apply_chat_template([m.as_dict() for m in prompt.messages])
+        return prompt.text or ""
+
+    def count_prompt_tokens(self, prompt: Prompt) -> int:
+        return self.count_tokens(self.render(prompt))
+
+    # --- generation ---------------------------------------------------------------------------------------
+    def _params(self, prompt_len: int, params: GenParams) -> Any:
+        max_length = min(prompt_len + params.max_new_tokens, self.context_length)
+        options: dict[str, Any] = {"max_length": max_length, "do_sample": not params.greedy}
+        if not params.greedy:
+            options["temperature"] = params.temperature
+            options["top_p"] = params.top_p
+            if params.top_k > 0:
+                options["top_k"] = params.top_k
+        if params.seed is not None:
+            options["random_seed"] = params.seed
+        if params.ignore_eos:
+            options["min_length"] = max_length
+        gp = self._og.GeneratorParams(self._model)
+        gp.set_search_options(**options)
+        return gp
+
+    def generate(self, prompt: Prompt, params: GenParams, cancel: threading.Event) -> Iterator[TokenEvent]:
+        prompt = as_prompt(prompt)
+        ids = self.encode(self.render(prompt))
+        if len(ids) == 0:
+            raise InvalidArgument("the prompt is empty after tokenization; send some text")
+        if len(ids) >= self.context_length:
+            raise InvalidArgument(
+                f"the prompt has {len(ids)} tokens; this model's context is {self.context_length} tokens"
+            )
+        generator = self._og.Generator(self._model, self._params(len(ids), params))
+        if params.adapter:
+            self._activate_adapter(generator, params.adapter)
+        generator.append_tokens(ids)
+        nll = None
+        if params.want_prompt_nll and len(ids) > 1:
+            nll = mean_nll(np.asarray(generator.get_output("logits"))[0], ids)
+        stream = self._tokenizer.create_stream()
+        produced = 0
+        budget = min(params.max_new_tokens, self.context_length - len(ids))
+        finish = "length"
+        while produced < budget:
+            if cancel.is_set():
+                finish = "cancelled"
+                break
+            if generator.is_done():
+                finish = "stop"
+                break
+            generator.generate_next_token()
+            token = int(generator.get_next_tokens()[0])
+            produced += 1
+            if token in self._eos and not params.ignore_eos:
+                yield TokenEvent(text="")
+                finish = "stop"
+                break
+            yield TokenEvent(text=stream.decode(token))
+        yield TokenEvent(text="", token_count=0, finish_reason=finish, prompt_tokens=len(ids), prompt_nll=nll)  # type: ignore[arg-type]
+
+    def prompt_nll(self, text: str) -> float:
+        ids = self.encode(text)[-(self.context_length - 1) :]
+        if len(ids) < 2:
+            raise InvalidArgument("prompt_nll needs a text of at least 2 tokens")
+        gp = self._og.GeneratorParams(self._model)
+        gp.set_search_options(max_length=len(ids) + 1)
+        generator = self._og.Generator(self._model, gp)
+        generator.append_tokens(ids)
+        return mean_nll(np.asarray(generator.get_output("logits"))[0], ids)
+
+    # --- adapters -----------------------------------------------------------------------------------------
+    @property
+    def adapters(self) -> list[str]:
+        return list(self._adapter_names)
+
+    def load_adapter(self, path: Path, name: str) -> None:
+        path = Path(path)
+        if not path.is_file():
+            raise InvalidArgument(f"adapter file {path} does not exist (expected a .onnx_adapter file)")
+        with self._adapter_lock:
+            if self._adapters is None:
+                self._adapters = self._og.Adapters(self._model)
+            try:
+                self._adapters.load(str(path), name)
+            except Exception as exc:
+                raise ModelLoadError(f"adapter {path} could not be loaded as '{name}': {exc}") from exc
+            if name not in self._adapter_names:
+                self._adapter_names.append(name)
+        log.info("loaded adapter %s from %s into %s", name, path, self.model_id)
+
+    def _activate_adapter(self, generator: Any, name: str) -> None:
+        if name not in self._adapter_names:
+            raise UnknownAdapter(name, self._adapter_names)
+        generator.set_active_adapter(self._adapters, name)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        super().close()
+        self._adapters = None
+        self._tokenizer = None
+        self._model = None
+        log.info("closed model %s", self.model_id)
+
+
+@register_runtime("ort-genai")
+class OrtGenaiRuntime(Runtime):
+    """Loads onnxruntime-genai folders in this process."""
+
+    name = "ort-genai"
+
+    def load(
+        self,
+        model_dir: Path,
+        provider: str = "cpu",
+        *,
+        model_id: str | None = None,
+        allow_fallback: bool = False,
+    ) -> OrtGenaiModel:
+        og = _import_og()
+        model_dir = Path(model_dir)
+        genai_config = read_genai_config(model_dir)
+        started = time.perf_counter()
+        try:
+            model = og.Model(self._config(og, model_dir, provider))
+        except Exception as exc:
+            if provider == "cpu" or not allow_fallback:
+                raise ModelLoadError(
+                    f"onnxruntime-genai could not load {model_dir} on provider '{provider}': {exc}"
+                ) from exc
+            log.warning("provider %s unavailable for %s (%s); falling back to CPU", provider, model_dir, exc)
+            try:
+                model = og.Model(self._config(og, model_dir, "cpu"))
+            except Exception as exc2:
+                raise ModelLoadError(f"onnxruntime-genai could not load {model_dir}: {exc2}") from exc2
+        device = str(model.device_type)
+        active = DEVICE_TO_PROVIDER.get(device, device.lower())
+        ctx = int(genai_config.get("model", {}).get("context_length") or genai_config["search"]["max_length"])
+        info = ModelInfo(
+            model_id=model_id or default_model_id(model_dir),
+            runtime=self.name,
+            requested_provider=provider,
+            active_provider=active,
+            context_length=ctx,
+            model_dir=model_dir,
+            extra={"model_type": str(model.type), "vocab_size": genai_config.get("model", {}).get("vocab_size")},
+        )
+        log.info(
+            "loaded %s (%s) on %s in %.2fs (asked for %s)",
+            info.model_id,
+            model_dir,
+            active,
+            time.perf_counter() - started,
+            provider,
+        )
+        return OrtGenaiModel(og, model, info, genai_config)
+
+    @staticmethod
+    def _config(og: Any, model_dir: Path, provider: str) -> Any:
+        config = og.Config(str(model_dir))
+        config.clear_providers()
+        if provider != "cpu":
+            config.append_provider(provider)
+        return config

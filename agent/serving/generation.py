@@ -1,0 +1,242 @@
+"""One request's generation: runs on a worker thread, streams events to the event loop, writes its record.
+
+:class:`EventChannel` carries events from the worker thread to the request's coroutine; it wakes the event
+loop at most once per batch (streaming) or only for the final event (non-streaming), so a fast generator
+does not flood the loop with wake-ups.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from agent.runtime.base import GenParams, Prompt
+from agent.serving.model_slot import Lease
+from agent.serving.queue import Job
+from agent.serving.records import RequestRecord
+
+log = logging.getLogger(__name__)
+
+
+class EventChannel:
+    """Worker thread -> asyncio: ``put`` from any thread, ``get_batch`` in the loop.
+
+    ``min_interval_s``: None wakes the loop only for the final event (non-streaming requests); 0 wakes it for
+    every event; > 0 wakes it at most that often (the first event and the final one at once), so a fast model
+    streams a few tokens per chunk instead of paying the loop, the socket and the client once per token.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, min_interval_s: float | None = 0.0) -> None:
+        self._loop = loop
+        self._interval = min_interval_s
+        self._items: deque[tuple[str, Any]] = deque()
+        self._lock = threading.Lock()
+        self._waiting = False  # the consumer awaits the event
+        self._scheduled = False  # a wake-up is on its way to the loop
+        self._last_wake = 0.0
+        self._event = asyncio.Event()
+
+    def put(self, kind: str, value: Any = None, *, final: bool = False) -> None:
+        with self._lock:
+            self._items.append((kind, value))
+            if not self._waiting or self._scheduled:
+                return
+            if not final:
+                if self._interval is None:
+                    return
+                now = time.perf_counter()
+                if now - self._last_wake < self._interval:
+                    return
+                self._last_wake = now
+            self._scheduled = True
+        with contextlib.suppress(RuntimeError):  # a closed loop: the server is stopping
+            self._loop.call_soon_threadsafe(self._wake)
+
+    def _wake(self) -> None:
+        with self._lock:
+            self._scheduled = False
+        self._event.set()
+
+    async def get_batch(self) -> list[tuple[str, Any]]:
+        while True:
+            with self._lock:
+                if self._items:
+                    out = list(self._items)
+                    self._items.clear()
+                    return out
+                self._waiting = True
+                self._event.clear()
+            try:
+                await self._event.wait()
+            finally:
+                with self._lock:
+                    self._waiting = False
+
+
+class StopMatcher:
+    """Cuts the output at the first stop sequence; holds back text that could be the start of one."""
+
+    def __init__(self, stops: list[str]) -> None:
+        self.stops = [s for s in stops if s]
+        self._hold = max((len(s) for s in self.stops), default=1) - 1
+        self._buf = ""
+        self.hit = False
+
+    def feed(self, text: str) -> str:
+        if not self.stops:
+            return text
+        self._buf += text
+        cut = min((i for i in (self._buf.find(s) for s in self.stops) if i >= 0), default=-1)
+        if cut >= 0:
+            self.hit = True
+            out, self._buf = self._buf[:cut], ""
+            return out
+        if len(self._buf) <= self._hold:
+            return ""
+        out, self._buf = self._buf[: len(self._buf) - self._hold], self._buf[len(self._buf) - self._hold :]
+        return out
+
+    def flush(self) -> str:
+        out, self._buf = self._buf, ""
+        return out
+
+
+@dataclass
+class Outcome:
+    text: str
+    finish_reason: str
+    prompt_tokens: int
+    completion_tokens: int
+    cancelled: bool
+
+
+class Generation:
+    """The worker-side half of a request. Owns ``lease`` and releases it exactly once."""
+
+    def __init__(
+        self,
+        *,
+        request_id: str,
+        endpoint: str,
+        stream: bool,
+        lease: Lease,
+        prompt: Prompt,
+        params: GenParams,
+        stops: list[str],
+        prompt_tokens: int,
+        channel: EventChannel,
+        arrival: float,
+        on_finish: Callable[[RequestRecord], None],
+    ) -> None:
+        self.request_id, self.endpoint, self.stream = request_id, endpoint, stream
+        self.lease, self.prompt, self.params = lease, prompt, params
+        self.stops, self.prompt_tokens = stops, prompt_tokens
+        self.channel, self.arrival, self.on_finish = channel, arrival, on_finish
+        self.cancel = threading.Event()
+        self.stop_hit = False
+
+    def job(self) -> Job:
+        return Job(run=self.run, cancel=self.cancel, on_skip=self.skipped)
+
+    def skipped(self, job: Job) -> None:
+        """The client left while the request waited: no generation, a cancelled record."""
+        try:
+            self._record(job, "", None, None, 0, "cancelled", None, error_type=None, cancelled=True)
+            self.channel.put("done", Outcome("", "cancelled", self.prompt_tokens, 0, True), final=True)
+        finally:
+            self.lease.release()
+
+    def run(self, job: Job) -> None:
+        model = self.lease.model
+        matcher = StopMatcher(self.stops)
+        pieces: list[str] = []
+        first_at = last_at = None
+        tokens = 0
+        finish, nll, prompt_tokens = "length", None, self.prompt_tokens
+        try:
+            for ev in model.generate(self.prompt, self.params, self.cancel):
+                if ev.token_count:
+                    now = time.perf_counter()
+                    tokens += ev.token_count
+                    first_at = first_at or now
+                    last_at = now
+                if ev.finish_reason is not None:
+                    finish, nll = ev.finish_reason, ev.prompt_nll
+                    prompt_tokens = ev.prompt_tokens or prompt_tokens
+                if ev.text and not matcher.hit:
+                    out = matcher.feed(ev.text)
+                    if matcher.hit:
+                        self.stop_hit = True
+                        self.cancel.set()
+                    if out:
+                        pieces.append(out)
+                        self.channel.put("delta", out)
+            if not matcher.hit and (tail := matcher.flush()):
+                pieces.append(tail)
+                self.channel.put("delta", tail)
+            cancelled = finish == "cancelled" and not self.stop_hit
+            if self.stop_hit:
+                finish = "stop"
+            text = "".join(pieces)
+            # the record first: once the client has its answer, telemetry and feedback ids are in place
+            self._record(job, text, first_at, last_at, tokens, finish, nll, None, cancelled, prompt_tokens)
+            self.channel.put("done", Outcome(text, finish, prompt_tokens, tokens, cancelled), final=True)
+        except Exception as exc:
+            log.warning("request %s failed: %s", self.request_id, exc, exc_info=not hasattr(exc, "code"))
+            text = "".join(pieces)
+            self._record(job, text, first_at, last_at, tokens, None, None, type(exc).__name__, False, prompt_tokens)
+            self.channel.put("error", exc, final=True)
+        finally:
+            self.lease.release()
+
+    def _record(
+        self,
+        job: Job,
+        text: str,
+        first_at: float | None,
+        last_at: float | None,
+        tokens: int,
+        finish: str | None,
+        nll: float | None,
+        error_type: str | None,
+        cancelled: bool,
+        prompt_tokens: int | None = None,
+    ) -> None:
+        end = time.perf_counter()
+        itl = None
+        if first_at is not None and last_at is not None and tokens > 1:
+            itl = (last_at - first_at) * 1000.0 / (tokens - 1)
+        handle = self.lease.handle
+        rec = RequestRecord(
+            request_id=self.request_id,
+            model_id=handle.model.model_id,
+            version=handle.version,
+            adapter=self.params.adapter,
+            endpoint=self.endpoint,
+            stream=self.stream,
+            queue_wait_ms=job.queue_wait_s * 1000.0,
+            ttft_ms=(first_at - self.arrival) * 1000.0 if first_at is not None else None,
+            itl_ms=itl,
+            total_ms=(end - self.arrival) * 1000.0,
+            prompt_tokens=prompt_tokens if prompt_tokens is not None else self.prompt_tokens,
+            completion_tokens=tokens,
+            error=error_type is not None,
+            cancelled=cancelled,
+            prompt_nll=nll,
+            output_text=text,
+            prompt_text=self.prompt.user_text(),
+            finish_reason=finish,
+            error_type=error_type,
+            started_unix=time.time() - (end - self.arrival),
+        )
+        try:
+            self.on_finish(rec)
+        except Exception:
+            log.exception("the request-record callback failed for %s", self.request_id)

@@ -1,0 +1,178 @@
+"""The async half of a completion request: validate, admit, then stream (SSE) or collect the answer."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from agent.serving import schemas
+from agent.serving.errors import QueueFull, RequestCancelled, error_body, response_for
+from agent.serving.generation import EventChannel, Generation, Outcome
+from agent.serving.service import Serving
+from shared.errors import SlmopsError
+
+log = logging.getLogger(__name__)
+
+Body = schemas.ChatCompletionRequest | schemas.CompletionRequest
+
+
+def _sse(payload: dict[str, Any]) -> str:
+    return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n"
+
+
+async def handle_completion(serving: Serving, request: Request, body: Body) -> Response:
+    arrival = time.perf_counter()
+    chat = isinstance(body, schemas.ChatCompletionRequest)
+    endpoint = "chat" if chat else "completions"
+    try:
+        gen = _admit(serving, body, endpoint, arrival, asyncio.get_running_loop())
+    except SlmopsError as exc:
+        serving.metrics.count("rejected" if isinstance(exc, QueueFull) else "invalid")
+        return response_for(exc)
+    serving.metrics.set_queue(serving.queue.depth, serving.queue.running)
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        return StreamingResponse(
+            _stream(gen, body.model, chat, include_usage),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Request-Id": gen.request_id},
+        )
+    return await _collect(gen, request, body.model, chat)
+
+
+def _admit(serving: Serving, body: Body, endpoint: str, arrival: float, loop: asyncio.AbstractEventLoop) -> Generation:
+    lease = serving.slot.lease()
+    try:
+        adapter = serving.resolve_model(body.model, lease.model)
+        prompt = body.to_prompt()
+        params, prompt_tokens = serving.build_params(
+            lease.model,
+            prompt,
+            max_tokens=body.max_tokens,
+            temperature=body.temperature,
+            top_p=body.top_p,
+            top_k=body.top_k,
+            seed=body.seed,
+            ignore_eos=body.ignore_eos,
+            adapter=adapter,
+            prompt_param="messages" if endpoint == "chat" else "prompt",
+        )
+        prefix = "chatcmpl-" if endpoint == "chat" else "cmpl-"
+        gen = Generation(
+            request_id=prefix + uuid.uuid4().hex[:24],
+            endpoint=endpoint,
+            stream=body.stream,
+            lease=lease,
+            prompt=prompt,
+            params=params,
+            stops=body.stop_list(),
+            prompt_tokens=prompt_tokens,
+            channel=EventChannel(loop, serving.config.stream_interval_ms / 1000.0 if body.stream else None),
+            arrival=arrival,
+            on_finish=serving.finish,
+        )
+        serving.queue.submit(gen.job())
+    except BaseException:
+        lease.release()
+        raise
+    return gen  # the job owns the lease from here on
+
+
+def _fingerprint(gen: Generation) -> str:
+    return f"slmops-{gen.lease.version or 'dev'}"
+
+
+async def _collect(gen: Generation, request: Request, model: str, chat: bool) -> Response:
+    """Wait for the whole answer; a client that disconnects meanwhile cancels the generation."""
+    watcher = asyncio.create_task(_wait_disconnect(request))
+    waiter = asyncio.create_task(gen.channel.get_batch())
+    finished = False
+    try:
+        while True:
+            done, _ = await asyncio.wait({waiter, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            if waiter in done:
+                for kind, value in waiter.result():
+                    if kind == "done":
+                        finished = True
+                        return _full_response(gen, value, model, chat)
+                    if kind == "error":
+                        finished = True
+                        return _error_response(value)
+                waiter = asyncio.create_task(gen.channel.get_batch())
+            elif watcher in done:
+                log.info("client left; cancelling %s", gen.request_id)
+                return response_for(RequestCancelled("the client disconnected"))
+    finally:
+        if not finished:  # client gone or this task cancelled: stop the generation
+            gen.cancel.set()
+        for task in (watcher, waiter):
+            task.cancel()
+
+
+async def _wait_disconnect(request: Request) -> None:
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+def _full_response(gen: Generation, out: Outcome, model: str, chat: bool) -> JSONResponse:
+    build = schemas.chat_completion if chat else schemas.text_completion
+    payload = build(
+        gen.request_id, model, out.text, out.finish_reason, out.prompt_tokens, out.completion_tokens, _fingerprint(gen)
+    )
+    return JSONResponse(payload, headers={"X-Request-Id": gen.request_id})
+
+
+def _error_response(exc: BaseException) -> Response:
+    if isinstance(exc, SlmopsError):
+        return response_for(exc)
+    return JSONResponse(error_body(f"generation failed: {exc}", "server_error"), status_code=500)
+
+
+async def _stream(gen: Generation, model: str, chat: bool, include_usage: bool) -> AsyncIterator[str]:
+    created = int(time.time())
+    fp = _fingerprint(gen)
+    cid = gen.request_id
+
+    def chunk(text: str, finish: str | None = None) -> str:
+        if chat:
+            delta = {"content": text} if text or finish is None else {}
+            return _sse(schemas.chat_chunk(cid, created, model, delta, finish, fp))
+        return _sse(schemas.text_chunk(cid, created, model, text, finish, fp))
+
+    try:
+        if chat:
+            yield _sse(schemas.chat_chunk(cid, created, model, {"role": "assistant", "content": ""}, None, fp))
+        while True:
+            batch = await gen.channel.get_batch()
+            text = "".join(v for k, v in batch if k == "delta")
+            out = chunk(text) if text else ""
+            for kind, value in batch:
+                if kind == "done":
+                    out += chunk("", value.finish_reason)
+                    if include_usage:
+                        obj = "chat.completion.chunk" if chat else "text_completion"
+                        out += _sse(
+                            schemas.usage_chunk(cid, created, model, obj, value.prompt_tokens, value.completion_tokens)
+                        )
+                    yield out + "data: [DONE]\n\n"
+                    return
+                if kind == "error":
+                    exc = value
+                    message = exc.message if isinstance(exc, SlmopsError) else f"generation failed: {exc}"
+                    yield out + _sse(error_body(message, "server_error")) + "data: [DONE]\n\n"
+                    return
+            if out:
+                yield out
+    finally:
+        # Normal end: a no-op. Client gone (the response task is cancelled): stop the generation.
+        gen.cancel.set()

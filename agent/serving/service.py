@@ -1,0 +1,217 @@
+"""The serving core the HTTP app fronts: model slot, admission queue, validation, metrics and callbacks.
+
+An agent builds one :class:`Serving`, swaps models into ``serving.slot``, reports health with
+:meth:`Serving.set_health`, and receives one record per finished request through ``on_request``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from agent.runtime.base import CapabilityNotSupported, GenParams, LoadedModel, Prompt
+from agent.serving.errors import ContextLengthExceeded, ModelNotFound, RequestFieldError
+from agent.serving.metrics import ServingMetrics
+from agent.serving.model_slot import ModelHandle, ModelSlot
+from agent.serving.queue import WorkQueue
+from agent.serving.records import RequestRecord
+from shared.errors import NotFound
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServingConfig:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    api_key: str | None = None
+    workers: int = 2
+    max_queue: int = 16
+    profile: str = ""
+    # max_tokens when the request does not say (capped by the room left in the context).
+    default_max_tokens: int = 256
+    # The OpenAI default is 1.0; agents serving a structured task may prefer 0 (greedy).
+    default_temperature: float = 1.0
+    # Share of requests whose prompt NLL is computed for drift telemetry (runtimes that expose logits).
+    nll_sample_rate: float = 1.0
+    # Streaming: at most one SSE chunk per this many ms after the first (0 = one chunk per token).
+    stream_interval_ms: float = 15.0
+    # Completion ids remembered for POST /v1/feedback.
+    feedback_ids: int = 10_000
+
+
+@dataclass
+class HealthState:
+    ok: bool | None = None  # None: no check has run yet
+    message: str = "no health check has run yet"
+    details: dict[str, Any] | None = None
+
+
+class Serving:
+    def __init__(
+        self,
+        config: ServingConfig | None = None,
+        slot: ModelSlot | None = None,
+        *,
+        on_request: Callable[[dict[str, Any]], None] | None = None,
+        on_feedback: Callable[[dict[str, Any]], None] | None = None,
+        require_health: bool = True,
+    ) -> None:
+        self.config = config or ServingConfig()
+        self.slot = slot or ModelSlot()
+        self.metrics = ServingMetrics(self.config.profile)
+        self.queue = WorkQueue(self.config.workers, self.config.max_queue)
+        self.on_request = on_request
+        self.on_feedback = on_feedback
+        # /readyz needs a passed health check unless require_health is False (then a loaded model suffices).
+        self.require_health = require_health
+        self.health = HealthState()
+        self._ids: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        self._ids_lock = threading.Lock()
+        self.slot.on_swap(self._on_swap)
+        if self.slot.current is not None:
+            self._on_swap(self.slot.current)
+
+    # --- model --------------------------------------------------------------------------------------------
+    def _on_swap(self, handle: ModelHandle) -> None:
+        self.metrics.set_model(handle.model.model_id, handle.version)
+        self.health = HealthState()
+
+    def swap(
+        self,
+        model: LoadedModel,
+        version: str = "",
+        *,
+        wait_s: float | None = 0.0,
+        health_ok: bool | None = None,
+        health_message: str = "",
+    ) -> ModelHandle | None:
+        """Serve ``model`` (see :meth:`ModelSlot.swap`). Pass the result of a health check already run on it
+        (``health_ok``) so ``/readyz`` stays ready across the swap."""
+        old = self.slot.swap(model, version, wait_s=0.0)
+        if health_ok is not None:
+            self.set_health(health_ok, health_message)
+        if old is not None and (wait_s is None or wait_s > 0):
+            old.closed.wait(wait_s)
+        return old
+
+    def served_ids(self) -> list[str]:
+        handle = self.slot.current
+        if handle is None:
+            return []
+        base = handle.model.model_id
+        return [base, *(f"{base}:{a}" for a in handle.model.adapters)]
+
+    def resolve_model(self, requested: str, model: LoadedModel) -> str | None:
+        """The adapter a request's ``model`` field names (None for the base model)."""
+        base = model.model_id
+        if requested == base:
+            return None
+        if requested.startswith(base + ":") and requested[len(base) + 1 :] in model.adapters:
+            return requested[len(base) + 1 :]
+        raise ModelNotFound(requested, self.served_ids())
+
+    # --- readiness ----------------------------------------------------------------------------------------
+    def set_health(self, ok: bool, message: str = "", details: dict[str, Any] | None = None) -> None:
+        self.health = HealthState(ok, message or ("healthy" if ok else "unhealthy"), details)
+        self.metrics.set_health(ok)
+
+    def readiness(self) -> tuple[bool, str]:
+        if not self.slot.loaded:
+            return False, "no model loaded"
+        if not self.require_health:
+            return True, "model loaded"
+        if self.health.ok is None:
+            return False, self.health.message
+        return bool(self.health.ok), self.health.message
+
+    # --- validation -----------------------------------------------------------------------------------------
+    def build_params(
+        self,
+        model: LoadedModel,
+        prompt: Prompt,
+        *,
+        max_tokens: int | None,
+        temperature: float | None,
+        top_p: float,
+        top_k: int,
+        seed: int | None,
+        ignore_eos: bool,
+        adapter: str | None,
+        prompt_param: str,
+    ) -> tuple[GenParams, int]:
+        """Decoding params and the prompt's token count; 400s for prompts/limits the model cannot take."""
+        try:
+            prompt_tokens = model.count_prompt_tokens(prompt)
+        except CapabilityNotSupported as exc:
+            raise RequestFieldError(prompt_param, exc.message, code="unsupported") from exc
+        ctx = model.context_length
+        if prompt_tokens >= ctx:
+            raise ContextLengthExceeded(
+                prompt_param,
+                f"This model's maximum context length is {ctx} tokens; the {prompt_param} use {prompt_tokens} "
+                "tokens. Shorten them.",
+            )
+        room = ctx - prompt_tokens
+        if max_tokens is not None and max_tokens > room:
+            raise ContextLengthExceeded(
+                "max_tokens",
+                f"max_tokens is {max_tokens} but only {room} tokens are left: this model's maximum context "
+                f"length is {ctx} and the {prompt_param} use {prompt_tokens}. Lower max_tokens.",
+            )
+        if ignore_eos and model.runtime_name == "foundry-local":
+            raise RequestFieldError("ignore_eos", "ignore_eos is not supported by the foundry-local runtime")
+        want_nll = self.config.nll_sample_rate > 0 and random.random() < self.config.nll_sample_rate
+        params = GenParams(
+            max_new_tokens=max_tokens if max_tokens is not None else min(self.config.default_max_tokens, room),
+            temperature=self.config.default_temperature if temperature is None else temperature,
+            top_p=top_p,
+            top_k=top_k,
+            seed=seed,
+            ignore_eos=ignore_eos,
+            adapter=adapter,
+            want_prompt_nll=want_nll,
+        )
+        return params, prompt_tokens
+
+    # --- records and feedback -----------------------------------------------------------------------------
+    def finish(self, rec: RequestRecord) -> None:
+        """Called on the worker thread when a request ends."""
+        self.metrics.observe(rec)
+        self.metrics.set_queue(self.queue.depth, self.queue.running)
+        if not rec.error and not rec.cancelled:
+            with self._ids_lock:
+                self._ids[rec.request_id] = (rec.model_id, rec.version)
+                while len(self._ids) > self.config.feedback_ids:
+                    self._ids.popitem(last=False)
+        if self.on_request is not None:
+            self.on_request(rec.as_dict())
+
+    def feedback(self, completion_id: str, positive: bool) -> dict[str, Any]:
+        with self._ids_lock:
+            known = self._ids.get(completion_id)
+        if known is None:
+            raise NotFound(
+                f"no recent completion with id '{completion_id}' on this agent (ids are kept for the last "
+                f"{self.config.feedback_ids} completions)"
+            )
+        model_id, version = known
+        self.metrics.feedback.labels(
+            **self.metrics.labels(model_id, version), kind="positive" if positive else "negative"
+        ).inc()
+        event = {"id": completion_id, "positive": positive, "model_id": model_id, "version": version}
+        if self.on_feedback is not None:
+            try:
+                self.on_feedback(event)
+            except Exception:
+                log.exception("the feedback callback failed for %s", completion_id)
+        return event
+
+    def close(self, timeout: float = 10.0) -> None:
+        self.queue.stop(timeout)
+        self.slot.clear(wait_s=timeout)

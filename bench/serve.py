@@ -1,0 +1,348 @@
+"""Serving benchmark: HTTP API vs in-process onnxruntime-genai vs transformers/PyTorch, and 8 concurrent clients.
+
+Builds (or takes with ``--model``/``--hf``) a random-init Llama of ~20 M parameters, int4 for onnxruntime-genai,
+then measures on the same chat prompt, greedy, ``--tokens`` new tokens with end-of-sequence ignored so every
+path generates the same number of tokens:
+
+- in-process onnxruntime-genai (``og.Generator`` loop): tokens/s and time to first token;
+- the agent's HTTP API in its own process (``python -m agent.serving``) through the ``openai`` client,
+  streaming and not: tokens/s and time to first streamed token;
+- transformers ``generate`` on the HF model (same prompt ids);
+- 8 concurrent clients: aggregate tokens/s, p50/p95 latency, errors.
+
+Prints a table, then as the last line one JSON object (``http_vs_inprocess``, ``ortgenai_vs_torch``,
+``concurrent_errors`` and the raw figures). Run: ``python bench/serve.py`` (~1-2 min on 2 cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+MESSAGES = [{"role": "user", "content": "dim the lights in meeting room 21 to 90% and close the blinds at 09:45"}]
+CORPUS = (
+    "turn on the lights in the kitchen. dim the lights in meeting room 21 to 90%. close the blinds in office 19 "
+    "at 09:45. unlock the server room. set the temperature in the lobby to 21 degrees. "
+    '{"intent":"set_brightness","slots":{"level":90,"room":"meeting room 21"}} 0123456789 '
+)
+
+
+# --- model -----------------------------------------------------------------------------------------------------
+def build_model(work: Path, hidden: int, layers: int) -> tuple[Path, Path, int]:
+    """A random-init Llama HF folder (+ byte-level BPE tokenizer) and its int4 onnxruntime-genai build."""
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    hf = work / "hf"
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    specials = ["<pad>", "<s>", "</s>", "<|user|>", "<|assistant|>", "<|system|>"]
+    trainer = trainers.BpeTrainer(
+        vocab_size=1000, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator([CORPUS * 50], trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+    fast.chat_template = (
+        "{{ bos_token }}{% for m in messages %}{{ '<|' + m['role'] + '|>' + m['content'] + eos_token }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
+    )
+    fast.save_pretrained(hf)
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        hidden_size=hidden,
+        intermediate_size=hidden * 3,
+        num_hidden_layers=layers,
+        num_attention_heads=8,
+        num_key_value_heads=8,
+        vocab_size=len(fast),
+        max_position_embeddings=2048,
+        bos_token_id=fast.bos_token_id,
+        eos_token_id=fast.eos_token_id,
+        pad_token_id=fast.pad_token_id,
+        tie_word_embeddings=False,
+    )
+    model = LlamaForCausalLM(config)
+    params = sum(p.numel() for p in model.parameters())
+    model.save_pretrained(hf)
+    og_dir = work / "int4"
+    cmd = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(hf), "-o", str(og_dir)]
+    cmd += ["-p", "int4", "-e", "cpu", "-c", str(work / "cache")]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=600)
+    return hf, og_dir, params
+
+
+# --- baselines ---------------------------------------------------------------------------------------------------
+class InProcess:
+    """Plain onnxruntime-genai generation in this process (the baseline the HTTP API is compared with)."""
+
+    def __init__(self, og_dir: Path, tokens: int) -> None:
+        import onnxruntime_genai as og
+
+        self.og, self.tokens = og, tokens
+        self.model = og.Model(str(og_dir))
+        self.tok = og.Tokenizer(self.model)
+        self.ids = self.tok.encode(self.tok.apply_chat_template(json.dumps(MESSAGES), add_generation_prompt=True))
+
+    def once(self) -> tuple[float, float]:
+        """(seconds for all tokens, seconds to the first visible text)."""
+        og, ids = self.og, self.ids
+        start = time.perf_counter()
+        params = og.GeneratorParams(self.model)
+        params.set_search_options(max_length=len(ids) + self.tokens, min_length=len(ids) + self.tokens, do_sample=False)
+        gen = og.Generator(self.model, params)
+        gen.append_tokens(ids)
+        stream = self.tok.create_stream()
+        first = None
+        while not gen.is_done():
+            gen.generate_next_token()
+            if stream.decode(gen.get_next_tokens()[0]) and first is None:
+                first = time.perf_counter()
+        return time.perf_counter() - start, (first or start) - start
+
+
+def bench_torch(hf_dir: Path, ids: list[int], tokens: int, reps: int) -> dict[str, Any]:
+    """transformers ``generate`` at its best thread count (1 or all cores: OpenMP collapses on a busy machine)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
+    x = torch.tensor([ids])
+    kw = {"do_sample": False, "pad_token_id": 0}
+    default_threads = torch.get_num_threads()
+
+    def run(n: int) -> float:
+        start = time.perf_counter()
+        out = model.generate(x, max_new_tokens=n, min_new_tokens=n, **kw)
+        assert out.shape[1] - len(ids) == n
+        return n / (time.perf_counter() - start)
+
+    with torch.inference_mode():
+        probe = {}
+        for threads in sorted({1, default_threads}):  # a short probe picks the thread count
+            torch.set_num_threads(threads)
+            run(4)
+            probe[threads] = run(16)
+        threads = max(probe, key=probe.__getitem__)
+        torch.set_num_threads(threads)
+        tps = statistics.median(run(tokens) for _ in range(reps))
+    torch.set_num_threads(default_threads)
+    return {"tokens_per_s": tps, "threads": threads}
+
+
+# --- HTTP --------------------------------------------------------------------------------------------------------
+def start_server(og_dir: Path, workers: int) -> tuple[subprocess.Popen[str], str]:
+    cmd = [sys.executable, "-m", "agent.serving", "--model", str(og_dir), "--model-id", "bench", "--port", "0"]
+    cmd += ["--workers", str(workers), "--max-queue", "32", "--temperature", "0", "--version", "bench"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    line = proc.stdout.readline().strip()
+    if not line.startswith("READY "):
+        proc.kill()
+        raise RuntimeError(f"the serving process did not start: {line!r}")
+    return proc, line.split(" ", 1)[1]
+
+
+def _request(client: Any, tokens: int, stream: bool) -> tuple[float, float | None, int]:
+    start = time.perf_counter()
+    kw = {
+        "model": "bench",
+        "messages": MESSAGES,
+        "max_tokens": tokens,
+        "temperature": 0,
+        "extra_body": {"ignore_eos": True},
+    }
+    if not stream:
+        out = client.chat.completions.create(**kw)
+        return time.perf_counter() - start, None, out.usage.completion_tokens
+    first, used = None, 0
+    for chunk in client.chat.completions.create(**kw, stream=True, stream_options={"include_usage": True}):
+        if first is None and chunk.choices and chunk.choices[0].delta.content:
+            first = time.perf_counter()
+        if chunk.usage:
+            used = chunk.usage.completion_tokens
+    return time.perf_counter() - start, (first - start) if first else None, used
+
+
+def bench_single(url: str, inproc: InProcess, tokens: int, reps: int) -> dict[str, Any]:
+    """In-process, HTTP non-streaming and HTTP streaming, interleaved rep by rep (a shared, noisy machine)."""
+    import openai
+
+    client = openai.OpenAI(base_url=url, api_key="bench", max_retries=0)
+    inproc.once()
+    _request(client, tokens, False)
+    _request(client, tokens, True)
+    runs: dict[str, list[tuple[float, float | None]]] = {"inproc": [], "nonstream": [], "stream": []}
+    for _ in range(reps):
+        runs["inproc"].append(inproc.once())
+        for key, stream in (("nonstream", False), ("stream", True)):
+            elapsed, ttft, used = _request(client, tokens, stream)
+            assert used == tokens, f"expected {tokens} tokens over HTTP, got {used}"
+            runs[key].append((elapsed, ttft))
+    out = {f"{k}_tokens_per_s": tokens / statistics.median(r[0] for r in v) for k, v in runs.items()}
+    out["inproc_ttft_ms"] = 1000 * statistics.median(r[1] for r in runs["inproc"])
+    out["stream_ttft_ms"] = 1000 * statistics.median(r[1] for r in runs["stream"] if r[1] is not None)
+    return out
+
+
+def bench_concurrent(url: str, clients: int, per_client: int, tokens: int) -> dict[str, Any]:
+    import openai
+
+    latencies: list[float] = []
+    errors: list[str] = []
+    produced = [0]
+    lock = threading.Lock()
+
+    def run(i: int) -> None:
+        client = openai.OpenAI(base_url=url, api_key="bench", max_retries=0, timeout=120)
+        for j in range(per_client):
+            try:
+                elapsed, _, used = _request(client, tokens, stream=(i + j) % 2 == 0)
+                with lock:
+                    latencies.append(elapsed)
+                    produced[0] += used
+            except Exception as exc:  # every failure counts as an error
+                with lock:
+                    errors.append(f"{type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(clients)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - start
+    lat = sorted(latencies)
+    p95 = lat[min(len(lat) - 1, int(0.95 * len(lat)))] if lat else float("nan")
+    return {
+        "clients": clients,
+        "requests": clients * per_client,
+        "tokens_per_s": produced[0] / wall,
+        "latency_p50_ms": 1000 * statistics.median(lat) if lat else float("nan"),
+        "latency_p95_ms": 1000 * p95,
+        "errors": len(errors),
+        "error_samples": errors[:3],
+    }
+
+
+# --- main --------------------------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", type=Path, help="an int4 onnxruntime-genai folder (default: build one)")
+    p.add_argument("--hf", type=Path, help="the HF folder --model was built from (for the PyTorch baseline)")
+    p.add_argument("--hidden", type=int, default=512)
+    p.add_argument("--layers", type=int, default=6)
+    p.add_argument("--tokens", type=int, default=128)
+    p.add_argument("--reps", type=int, default=9)
+    p.add_argument("--torch-reps", type=int, default=2)
+    p.add_argument("--clients", type=int, default=8)
+    p.add_argument("--per-client", type=int, default=3)
+    p.add_argument("--workers", type=int, default=2)
+    args = p.parse_args(argv)
+
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(stderr=True)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="slmops-bench-serve-") as tmp:
+        params = None
+        if args.model:
+            og_dir, hf_dir = args.model, args.hf
+        else:
+            console.print(f"building a random-init Llama (hidden {args.hidden}, {args.layers} layers), int4 ...")
+            hf_dir, og_dir, params = build_model(Path(tmp), args.hidden, args.layers)
+        inproc = InProcess(og_dir, args.tokens)
+        torch_fig = None
+        if hf_dir is not None:
+            console.print("transformers / PyTorch generate ...")
+            torch_fig = bench_torch(hf_dir, [int(i) for i in inproc.ids], args.tokens, args.torch_reps)
+        console.print("in-process onnxruntime-genai vs the HTTP API (server in its own process) ...")
+        proc, url = start_server(og_dir, args.workers)
+        try:
+            single = bench_single(url, inproc, args.tokens, args.reps)
+            console.print(f"{args.clients} concurrent clients ...")
+            conc = bench_concurrent(url, args.clients, args.per_client, args.tokens // 2)
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+    og_tps = single["inproc_tokens_per_s"]
+    http = single
+    figures = {
+        "model_params": params,
+        "new_tokens": args.tokens,
+        "inprocess_tokens_per_s": round(og_tps, 1),
+        "inprocess_ttft_ms": round(single["inproc_ttft_ms"], 2),
+        "http_nonstream_tokens_per_s": round(http["nonstream_tokens_per_s"], 1),
+        "http_stream_tokens_per_s": round(http["stream_tokens_per_s"], 1),
+        "http_stream_ttft_ms": round(http["stream_ttft_ms"], 2),
+        "torch_tokens_per_s": round(torch_fig["tokens_per_s"], 1) if torch_fig else None,
+        "torch_threads": torch_fig["threads"] if torch_fig else None,
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+        "concurrent": {k: (round(v, 1) if isinstance(v, float) else v) for k, v in conc.items()},
+    }
+    result = {
+        # the weaker of streaming and non-streaming HTTP, against in-process generation
+        "http_vs_inprocess": round(min(http["nonstream_tokens_per_s"], http["stream_tokens_per_s"]) / og_tps, 3),
+        "http_stream_vs_inprocess": round(http["stream_tokens_per_s"] / og_tps, 3),
+        "http_nonstream_vs_inprocess": round(http["nonstream_tokens_per_s"] / og_tps, 3),
+        "ortgenai_vs_torch": round(og_tps / torch_fig["tokens_per_s"], 2) if torch_fig else None,
+        "concurrent_errors": conc["errors"],
+        "seconds": round(time.perf_counter() - started, 1),
+        **figures,
+    }
+
+    table = Table(title=f"serving: {args.tokens} new tokens, greedy, single stream unless noted")
+    table.add_column("path")
+    table.add_column("tokens/s", justify="right")
+    table.add_column("TTFT ms", justify="right")
+    table.add_column("vs in-process", justify="right")
+    table.add_row("onnxruntime-genai in-process", f"{og_tps:.0f}", f"{single['inproc_ttft_ms']:.1f}", "1.00")
+    table.add_row(
+        "HTTP non-streaming",
+        f"{http['nonstream_tokens_per_s']:.0f}",
+        "-",
+        f"{result['http_nonstream_vs_inprocess']:.3f}",
+    )
+    table.add_row(
+        "HTTP streaming (SSE)",
+        f"{http['stream_tokens_per_s']:.0f}",
+        f"{http['stream_ttft_ms']:.1f}",
+        f"{result['http_stream_vs_inprocess']:.3f}",
+    )
+    if torch_fig:
+        table.add_row(
+            "transformers generate",
+            f"{torch_fig['tokens_per_s']:.0f}",
+            "-",
+            f"{torch_fig['tokens_per_s'] / og_tps:.3f}",
+        )
+    table.add_row(
+        f"{conc['clients']} clients x {args.per_client} req (aggregate)",
+        f"{conc['tokens_per_s']:.0f}",
+        f"p95 lat {conc['latency_p95_ms']:.0f}",
+        f"errors {conc['errors']}",
+    )
+    Console().print(table)
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

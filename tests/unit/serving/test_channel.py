@@ -1,0 +1,76 @@
+"""The worker-thread -> event-loop channel: wake-ups per mode, nothing lost."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+from agent.serving.generation import EventChannel
+
+
+async def _collect(channel: EventChannel, produce) -> list[list[tuple[str, object]]]:
+    batches: list[list[tuple[str, object]]] = []
+    thread = threading.Thread(target=produce)
+
+    async def consume() -> None:
+        while True:
+            batch = await channel.get_batch()
+            batches.append(batch)
+            if any(kind == "done" for kind, _ in batch):
+                return
+
+    task = asyncio.create_task(consume())
+    await asyncio.sleep(0.05)  # the consumer is waiting before the producer starts
+    thread.start()
+    await asyncio.wait_for(task, 5)
+    thread.join()
+    return batches
+
+
+def test_non_streaming_channel_wakes_only_for_the_final_event() -> None:
+    async def main() -> list:
+        channel = EventChannel(asyncio.get_running_loop(), None)
+
+        def produce() -> None:
+            for i in range(50):
+                channel.put("delta", str(i))
+            channel.put("done", None, final=True)
+
+        return await _collect(channel, produce)
+
+    batches = asyncio.run(main())
+    assert len(batches) == 1 and len(batches[0]) == 51
+
+
+def test_rate_limited_channel_sends_the_first_event_at_once_then_batches() -> None:
+    async def main() -> list:
+        channel = EventChannel(asyncio.get_running_loop(), 10.0)  # far longer than the test
+
+        def produce() -> None:
+            channel.put("delta", "first")
+            for i in range(20):
+                channel.put("delta", str(i))
+            channel.put("done", None, final=True)
+
+        return await _collect(channel, produce)
+
+    batches = asyncio.run(main())
+    flat = [v for batch in batches for _, v in batch]
+    assert flat == ["first", *[str(i) for i in range(20)], None]
+    assert len(batches) <= 2  # "first" alone (maybe with a few more), then the rest with the final event
+
+
+def test_per_event_channel_loses_nothing_under_a_fast_producer() -> None:
+    async def main() -> list:
+        channel = EventChannel(asyncio.get_running_loop(), 0.0)
+
+        def produce() -> None:
+            for i in range(2000):
+                channel.put("delta", i)
+            channel.put("done", None, final=True)
+
+        return await _collect(channel, produce)
+
+    batches = asyncio.run(main())
+    values = [v for batch in batches for kind, v in batch if kind == "delta"]
+    assert values == list(range(2000))
