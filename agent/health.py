@@ -14,6 +14,7 @@ Run after activation (a failure rolls the install back) and periodically. Three 
 
 from __future__ import annotations
 
+import json
 import logging
 import statistics
 import threading
@@ -91,8 +92,11 @@ def _timed(model: LoadedModel, prompt: Prompt, params: GenParams) -> _Run:
 
 
 def _golden_prompt(item: Mapping[str, Any]) -> Prompt:
-    if item.get("messages"):
-        return Prompt.chat(list(item["messages"]))
+    messages = item.get("messages")
+    if isinstance(messages, str) and messages:  # the registry stores them as a JSON string
+        messages = json.loads(messages)
+    if messages:
+        return Prompt.chat(list(messages))
     return Prompt.chat([{"role": "user", "content": str(item["prompt"])}])
 
 
@@ -116,7 +120,11 @@ def run_health_check(
         expected = str(item["expected"])
         prompt = _golden_prompt(item)
         try:
-            limit = int(item.get("max_tokens") or max(model.count_tokens(expected) + extra_tokens, 8))
+            limit = int(
+                item.get("max_tokens")
+                or item.get("max_new_tokens")
+                or max(model.count_tokens(expected) + extra_tokens, 8)
+            )
             limit = min(limit, max(model.context_length - model.count_prompt_tokens(prompt), 1))
             run = _timed(model, prompt, GenParams(max_new_tokens=limit))
         except SlmopsError as exc:  # e.g. a golden prompt longer than the context: a failed check, not a crash

@@ -69,12 +69,8 @@ class LocalFleet:
     agents: list[AgentProcess] = field(default_factory=list)
 
     def start_controller(self) -> ControllerServer:
-        settings = ControllerSettings(
-            listen="127.0.0.1:0",
-            data_dir=self.root / "controller",
-            heartbeat_interval_s=self.heartbeat_s,
-            **self.settings_overrides,
-        )
+        options = {"listen": "127.0.0.1:0", "data_dir": self.root / "controller", **self.settings_overrides}
+        settings = ControllerSettings(heartbeat_interval_s=self.heartbeat_s, **options)
         self.server = ControllerServer(settings).start()
         return self.server
 
