@@ -10,6 +10,7 @@ from pathlib import Path
 
 from sqlmodel import select
 
+from controller.drift.config import validate_drift_settings
 from controller.store.db import Store
 from controller.store.tables import ProfileRow
 from shared.profiles import DeviceProfile, load_profiles, parse_profile
@@ -29,6 +30,7 @@ class ProfileCatalog:
 
     def reload(self) -> dict[str, DeviceProfile]:
         from_files = load_profiles(self.directory)  # raises ConfigError naming file/field on bad YAML
+        validate_drift_settings(from_files)  # drift thresholds are checked at load time too
         now = time.time()
         with self.store.session() as s:
             known = {row.name: row for row in s.exec(select(ProfileRow)).all()}

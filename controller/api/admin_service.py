@@ -134,7 +134,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.ListDriftEventsRequest, context: grpc.ServicerContext
     ) -> admin_pb2.ListDriftEventsResponse:
         from controller.drift import monitor
-        from controller.drift.pb import drift_event_to_pb
+        from controller.drift.pb import event_to_pb as drift_event_to_pb
 
         events = monitor.list_events(self.app.store, request.profile or None, request.limit or 50)
         return admin_pb2.ListDriftEventsResponse(events=[drift_event_to_pb(e) for e in events])
@@ -143,7 +143,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         self, request: admin_pb2.DriftEventRequest, context: grpc.ServicerContext
     ) -> admin_pb2.DriftEvent:
         from controller.drift import monitor
-        from controller.drift.pb import drift_event_to_pb
+        from controller.drift.pb import event_to_pb as drift_event_to_pb
 
         return drift_event_to_pb(monitor.get_event(self.app.store, request.event_id))
 
