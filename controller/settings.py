@@ -27,6 +27,10 @@ class ControllerSettings:
     scheduler_interval_s: float = 5.0
     drift_interval_s: float = 30.0
     admin_token: str = ""  # empty: read or create <data_dir>/admin.token
+    # Closed loop: how a version built after a drift event is rolled out (a canary wave first).
+    loop_waves: list[int] = field(default_factory=lambda: [10, 100])
+    loop_gate: str = "error_rate<=0.05"
+    loop_soak_s: int = 30
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir)

@@ -76,10 +76,10 @@ def controller_serve(args: argparse.Namespace) -> int:
     )
     server = ControllerServer(settings).start()
     if args.metrics_listen:
-        from prometheus_client import start_http_server
+        from controller.metrics import serve_metrics
 
-        host, port = args.metrics_listen.rsplit(":", 1)
-        start_http_server(int(port), addr=host)
+        port = serve_metrics(server.app, args.metrics_listen)
+        console.print(f"Prometheus metrics on http://{args.metrics_listen.rsplit(':', 1)[0]}:{port}/metrics")
     console.print(f"controller ready on {server.address}; admin token in {settings.admin_token_path}")
     return _run_until_signal(server.wait, server.stop)
 

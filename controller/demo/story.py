@@ -1,0 +1,189 @@
+"""`slmops demo`: the whole SLMOps loop on loopback, narrated.
+
+build (teacher -> student -> int4/fp32 variants) -> staged rollout to two agents -> traffic from the task ->
+traffic shifts -> drift detected -> retrain on sampled prompts -> canary rollout -> accuracy recovers.
+Everything goes through the same AdminService, AgentService and HTTP APIs an operator uses.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.table import Table
+
+from controller.cli.builds import follow
+from controller.cli.common import console
+from controller.cli.fleet import devices_table
+from controller.cli.rollouts import print_rollout
+from controller.demo.fleet import LocalFleet
+from controller.demo.traffic import Answer, Traffic, accuracy, p50_latency
+from shared.errors import Unavailable
+from shared.pb import admin_pb2, common_pb2
+
+ROOT = Path(__file__).resolve().parents[2]
+DONE = {admin_pb2.ROLLOUT_STATE_SUCCEEDED}
+
+
+@dataclass
+class DemoOptions:
+    root: Path
+    recipe: Path = ROOT / "examples" / "recipes" / "demo.yaml"
+    profiles_dir: Path = ROOT / "examples" / "profiles"
+    agents: list[str] = field(default_factory=lambda: ["cpu-int4", "cpu-fp32"])
+    requests: int = 60
+    full_loop: bool = True
+
+
+def wait_rollout(fleet: LocalFleet, rollout_id: str, timeout: float = 600) -> admin_pb2.Rollout:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        r = fleet.admin("GetRollout", admin_pb2.RolloutRequest(rollout_id=rollout_id))
+        if r.state in DONE:  # type: ignore[attr-defined]
+            return r  # type: ignore[return-value]
+        if r.state in (admin_pb2.ROLLOUT_STATE_PAUSED, admin_pb2.ROLLOUT_STATE_ABORTED):  # type: ignore[attr-defined]
+            print_rollout(r)
+            raise Unavailable(f"rollout {rollout_id} stopped: {r.message}")  # type: ignore[attr-defined]
+        time.sleep(1)
+    raise Unavailable(f"rollout {rollout_id} did not finish within {timeout:.0f}s")
+
+
+def wait_version(fleet: LocalFleet, version: str, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline and {d.installed.version for d in fleet.devices()} != {version}:
+        time.sleep(0.5)
+
+
+def traffic_round(fleet: LocalFleet, variant: str, n: int, show: int = 0) -> dict[str, list[Answer]]:
+    """``n`` requests per agent, agents in parallel (as separate clients would)."""
+    results: dict[str, list[Answer]] = {}
+
+    def one(agent_index: int) -> None:
+        agent = fleet.agents[agent_index]
+        traffic = Traffic(agent.base_url)
+        try:
+            results[agent.name] = traffic.run(variant, n)
+        finally:
+            traffic.close()
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(fleet.agents))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for name, answers in results.items():
+        for a in answers[:show]:
+            mark = "[green]✓[/]" if a.exact else "[red]✗[/]"
+            console.print(f"  {name} {mark} {a.latency_ms:6.0f} ms  {a.prompt!r} -> {a.answer}")
+    return results
+
+
+def summary_row(label: str, results: dict[str, list[Answer]]) -> list[str]:
+    return [label, *[f"{accuracy(results[k]):.0%} ({p50_latency(results[k]):.0f} ms)" for k in sorted(results)]]
+
+
+def build(fleet: LocalFleet, recipe: Path) -> common_pb2.ModelRef:
+    console.rule("1. build: train teacher -> distill -> student -> int4/fp32 variants -> evaluate -> publish")
+    job = fleet.admin(
+        "SubmitBuild", admin_pb2.SubmitBuildRequest(recipe_yaml=recipe.read_text(), recipe_path=str(recipe))
+    )
+    console.print(f"job {job.job_id} submitted")  # type: ignore[attr-defined]
+    if follow(fleet.admin, job.job_id) != 0:  # type: ignore[attr-defined]
+        raise Unavailable(f"build job {job.job_id} failed")  # type: ignore[attr-defined]
+    return fleet.admin("GetJob", admin_pb2.GetJobRequest(job_id=job.job_id)).result  # type: ignore[attr-defined]
+
+
+def roll_out(fleet: LocalFleet, model: common_pb2.ModelRef) -> None:
+    console.rule(f"2. staged rollout of {model.name}:{model.version} (waves 50%, 100%)")
+    request = admin_pb2.CreateRolloutRequest(
+        model=model, waves=[50, 100], max_failure=0.0, gate="error_rate<=0.2", soak_s=3, device_timeout_s=600
+    )
+    rollout = fleet.admin("CreateRollout", request)
+    print_rollout(wait_rollout(fleet, rollout.rollout_id))  # type: ignore[attr-defined]
+    wait_version(fleet, model.version)
+
+
+def wait_for_drift(fleet: LocalFleet, n: int, timeout: float = 240) -> list[admin_pb2.DriftEvent]:
+    """Keep shifted traffic flowing until the controller records a drift event."""
+    deadline = time.time() + timeout
+    rounds: list[dict[str, list[Answer]]] = []
+    while time.time() < deadline:
+        rounds.append(traffic_round(fleet, "shifted", n))
+        events = fleet.admin("ListDriftEvents", admin_pb2.ListDriftEventsRequest()).events  # type: ignore[attr-defined]
+        if events:
+            return list(events)
+    raise Unavailable(f"no drift detected within {timeout:.0f}s of shifted traffic")
+
+
+def run_demo(options: DemoOptions) -> int:
+    overrides = {
+        "profiles_dir": options.profiles_dir,
+        "scheduler_interval_s": 1.0,
+        "drift_interval_s": 5.0,
+        "loop_waves": [50, 100],
+        "loop_soak_s": 3,
+        "loop_gate": "error_rate<=0.2",
+    }
+    fleet = LocalFleet(options.root, heartbeat_s=2, settings_overrides=overrides)
+    try:
+        server = fleet.start_controller()
+        console.rule("controller and agents")
+        console.print(f"controller on {server.address} (TLS), data in {options.root}")
+        for i, profile in enumerate(options.agents):
+            fleet.add_agent(f"edge-{i + 1}", profile)
+        console.print(devices_table(fleet.wait_for_devices(len(options.agents))))
+        if not options.full_loop:
+            return 0
+        model = build(fleet, options.recipe)
+        roll_out(fleet, model)
+
+        console.rule("3. traffic from the task (base distribution)")
+        before = traffic_round(fleet, "base", options.requests, show=3)
+        for _ in range(2):  # enough windows for the drift baseline
+            traffic_round(fleet, "base", options.requests)
+        console.rule("4. the traffic shifts (new vocabulary, phrasing, slot values)")
+        shifted = traffic_round(fleet, "shifted", options.requests, show=3)
+        events = wait_for_drift(fleet, options.requests // 2)
+        for e in events:
+            console.print(f"drift {e.event_id}: {e.kind} on {e.profile} ({e.detector}/{e.metric} "
+                          f"{e.statistic:.3g} > {e.threshold:.3g}) -> {e.action} {e.job_id}")  # fmt: skip
+        job_id = next((e.job_id for e in events if e.job_id), "")
+        if not job_id:
+            raise Unavailable("the drift policy started no job: see `slmops drift list`")
+        console.rule(f"5. retrain on sampled prompts (job {job_id})")
+        follow(fleet.admin, job_id)
+        new = fleet.admin("GetJob", admin_pb2.GetJobRequest(job_id=job_id)).result  # type: ignore[attr-defined]
+        console.rule(f"6. canary rollout of {new.name}:{new.version}")
+        rollout_id = ""
+        deadline = time.time() + 120
+        while not rollout_id and time.time() < deadline:
+            for r in fleet.admin("ListRollouts", admin_pb2.ListRolloutsRequest()).rollouts:  # type: ignore[attr-defined]
+                if r.model.version == new.version:
+                    rollout_id = r.rollout_id
+            time.sleep(1)
+        if not rollout_id:
+            raise Unavailable(f"no rollout of {new.name}:{new.version} was created (see the controller log)")
+        print_rollout(wait_rollout(fleet, rollout_id))
+        wait_version(fleet, new.version)
+        console.rule("7. shifted traffic on the retrained version")
+        after = traffic_round(fleet, "shifted", options.requests, show=3)
+
+        table = Table(title="accuracy (exact match) and p50 latency per agent")
+        table.add_column("traffic / version")
+        for name in sorted(before):
+            table.add_column(name)
+        table.add_row(*summary_row(f"base / {model.version}", before))
+        table.add_row(*summary_row(f"shifted / {model.version}", shifted))
+        table.add_row(*summary_row(f"shifted / {new.version} (retrained)", after))
+        console.print(table)
+
+        report = fleet.admin("RenderReport", admin_pb2.ReportRequest(since_s=3600, html=True), timeout=300)
+        path = options.root / "report.html"
+        path.write_bytes(report.html)  # type: ignore[attr-defined]
+        console.print(report.summary_text)  # type: ignore[attr-defined]
+        console.print(f"report: {path}")
+        return 0
+    finally:
+        fleet.stop()

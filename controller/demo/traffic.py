@@ -1,0 +1,72 @@
+"""Demo traffic: task prompts sent to agents' OpenAI-compatible endpoints over real HTTP, answers scored."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import httpx
+
+from controller.factory.tasks import get_task
+
+
+@dataclass
+class Answer:
+    prompt: str
+    expected: str
+    answer: str
+    latency_ms: float
+    exact: bool
+    error: str = ""
+
+
+class Traffic:
+    """Sends the task's prompts (base or shifted variant) to one agent and scores the answers."""
+
+    def __init__(self, base_url: str, task: str = "smart-building", seed: int = 7) -> None:
+        self.base_url = base_url
+        self.task = get_task(task)
+        self.seed = seed
+        self.client = httpx.Client(timeout=60)
+        self.model_id = ""
+
+    def _post(self, prompt: str) -> tuple[str, float]:
+        start = time.perf_counter()
+        if not self.model_id:
+            self.model_id = self.client.get(f"{self.base_url}/models").json()["data"][0]["id"]
+        body = {
+            "model": self.model_id,
+            "messages": [{"role": "user", "content": prompt}],
+            "max_tokens": 48,
+            "temperature": 0,
+        }
+        response = self.client.post(f"{self.base_url}/chat/completions", json=body)
+        if response.status_code == 404:  # the agent was updated to another model id
+            self.model_id = ""
+            return self._post(prompt)
+        response.raise_for_status()
+        return response.json()["choices"][0]["message"]["content"], (time.perf_counter() - start) * 1000
+
+    def run(self, variant: str, n: int, offset: int = 0) -> list[Answer]:
+        records = self.task.generate("test", n + offset, seed=self.seed, variant=variant)[offset:]
+        answers = []
+        for rec in records:
+            try:
+                text, latency = self._post(rec["prompt"])
+                exact = self.task.score(text, rec["response"])["exact"]
+                answers.append(Answer(rec["prompt"], rec["response"], text, latency, exact))
+            except httpx.HTTPError as exc:
+                answers.append(Answer(rec["prompt"], rec["response"], "", 0.0, False, str(exc)))
+        return answers
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def accuracy(answers: list[Answer]) -> float:
+    return sum(a.exact for a in answers) / len(answers) if answers else 0.0
+
+
+def p50_latency(answers: list[Answer]) -> float:
+    values = sorted(a.latency_ms for a in answers if not a.error)
+    return values[len(values) // 2] if values else 0.0

@@ -1,0 +1,213 @@
+"""The closed loop: a drift event starts a retrain or re-optimize job through the model factory; when the
+job has published a version that beats the one in production on the shifted data, it is rolled out as a
+canary through the normal rollout path (waves, gates, rollback).
+
+``LoopActions`` is the drift policy's ``DriftActions``; ``promote_finished_jobs`` runs on the scheduler.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sqlmodel import select
+
+from controller.rollout import engine as rollouts
+from controller.rollout.spec import RolloutConflict, RolloutSpec
+from controller.store.tables import DriftEventRow, Job, KeyValue, SampledPrompt
+from shared.errors import FailedPrecondition, NotFound
+
+if TYPE_CHECKING:
+    from controller.app import ControllerApp
+
+log = logging.getLogger(__name__)
+PRECISION_LADDER = ["fp32", "fp16", "int8", "int4"]
+HOLDOUT_SHARE = 0.2
+ACTIVE_JOB_STATES = ("QUEUED", "RUNNING")
+
+
+def _source_job(app: ControllerApp, name: str, version: str) -> Job:
+    """The build job that produced ``name:version`` (its effective recipe is what a retrain reruns)."""
+    model = app.registry.get_model(name, version)
+    job = app.jobs.get(model.job_id) if model.job_id else None
+    if job is None or not job.recipe_yaml:
+        raise FailedPrecondition(f"{name}:{version} was not built by a recipe on this controller: nothing to rerun")
+    return job
+
+
+def _active_job_for(app: ControllerApp, name: str) -> Job | None:
+    with app.store.session() as s:
+        jobs = s.exec(select(Job).where(Job.state.in_(ACTIVE_JOB_STATES), Job.kind != "build")).all()  # type: ignore[attr-defined]
+    for job in jobs:
+        if f"name: {name}\n" in job.recipe_yaml:
+            return job
+    return None
+
+
+def export_sampled_prompts(app: ControllerApp, name: str, out_dir: Path) -> tuple[Path, Path, int]:
+    """Unused sampled prompts of model ``name`` split into train / holdout JSONL files (by prompt hash)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with app.store.session() as s:
+        rows = s.exec(
+            select(SampledPrompt).where(SampledPrompt.model_name == name, SampledPrompt.used_by_job == "")
+        ).all()
+    prompts = sorted({r.prompt for r in rows if r.prompt.strip()})
+    train, holdout = out_dir / "sampled_prompts.jsonl", out_dir / "holdout_prompts.jsonl"
+    with open(train, "w") as ft, open(holdout, "w") as fh:
+        for prompt in prompts:
+            bucket = int(hashlib.sha256(prompt.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+            (fh if bucket < HOLDOUT_SHARE else ft).write(json.dumps({"prompt": prompt}) + "\n")
+    return train, holdout, len(prompts)
+
+
+def _mark_prompts_used(app: ControllerApp, name: str, job_id: str) -> None:
+    with app.store.session() as s:
+        for row in s.exec(
+            select(SampledPrompt).where(SampledPrompt.model_name == name, SampledPrompt.used_by_job == "")
+        ):
+            row.used_by_job = job_id
+            s.add(row)
+
+
+class LoopActions:
+    """What the drift policy may do: start jobs through the factory (``controller.drift.policy.DriftActions``)."""
+
+    def __init__(self, app: ControllerApp) -> None:
+        self.app = app
+
+    def retrain(self, event: DriftEventRow) -> str:
+        """Distill again with the prompts devices sampled, evaluated on a held-out share of them."""
+        app, name, version = self.app, event.model_name, event.model_version
+        running = _active_job_for(app, name)
+        if running is not None:
+            log.info("drift %s: retrain of %s already running as job %s", event.event_id, name, running.job_id)
+            return running.job_id
+        source = _source_job(app, name, version)
+        work = app.settings.data_dir / "loop" / event.event_id
+        train, holdout, count = export_sampled_prompts(app, name, work)
+        if count == 0:
+            raise FailedPrecondition(
+                f"no sampled prompts for {name}: enable `sample_prompts: true` on profile '{event.profile}' "
+                "so devices send prompts for retraining"
+            )
+        overrides = {
+            "extra_train_data": [str(train)],
+            "parent_version": version,
+            "lineage": {"drift_event_id": event.event_id, "sampled_prompts": count},
+            "evaluation": {"holdout": str(holdout), "compare_version": version},
+        }
+        job = app.jobs.submit(source.recipe_yaml, source.recipe_path, "retrain", overrides, event.event_id)
+        _mark_prompts_used(app, name, job.job_id)
+        log.info("drift %s (%s on %s): retrain job %s with %d sampled prompts", event.event_id, event.kind,
+                 event.profile, job.job_id, count)  # fmt: skip
+        return job.job_id
+
+    def reoptimize(self, event: DriftEventRow) -> str:
+        """Rebuild the drifted profile one precision step lower, from cached stages."""
+        app, name, version = self.app, event.model_name, event.model_version
+        source = _source_job(app, name, version)
+        variant = app.registry.variant(name, version, event.profile)
+        ladder = PRECISION_LADDER
+        if variant.precision not in ladder or variant.precision == ladder[-1]:
+            raise FailedPrecondition(f"{event.profile} already runs {variant.precision}: no lower precision to try")
+        lower = ladder[ladder.index(variant.precision) + 1]
+        overrides = {
+            "only_profiles": [event.profile],
+            "profiles": {event.profile: {"precision": lower}},
+            "parent_version": version,
+            "lineage": {"drift_event_id": event.event_id, "reoptimized_to": lower},
+        }
+        job = app.jobs.submit(source.recipe_yaml, source.recipe_path, "reoptimize", overrides, event.event_id)
+        log.info(
+            "drift %s: re-optimize %s for %s at %s as job %s", event.event_id, name, event.profile, lower, job.job_id
+        )
+        return job.job_id
+
+
+def trigger_retrain(app: ControllerApp, model_name: str, profile: str, reason: str = "manual") -> Job:
+    """`slmops retrain`: records a manual event (so the new version's lineage names it) and retrains."""
+    current = app.registry.latest(model_name)
+    if profile not in app.catalog.all():
+        raise NotFound(f"unknown profile '{profile}' (see `slmops profiles list`)")
+    event = DriftEventRow(
+        event_id=f"drift-{uuid.uuid4().hex[:10]}",
+        profile=profile,
+        model_name=model_name,
+        model_version=current.version,
+        kind="manual",
+        detector="operator",
+        metric="-",
+        detected_at=time.time(),
+        action="retrain",
+        evidence_json=json.dumps({"reason": reason}),
+    )
+    job_id = LoopActions(app).retrain(event)
+    event.job_id = job_id
+    with app.store.session() as s:
+        s.add(event)
+    return app.jobs.get(job_id)
+
+
+def _beats_parent(app: ControllerApp, name: str, new: str, parent: str) -> tuple[bool, str]:
+    """Compare the new version with the one it replaces on the held-out shifted data (per variant)."""
+    new_model = app.registry.get_model(name, new)
+    verdicts = []
+    for variant in new_model.variants:
+        m = variant.metrics
+        if "holdout_accuracy" in m and "parent_holdout_accuracy" in m:
+            ours, theirs, what = m["holdout_accuracy"], m["parent_holdout_accuracy"], "held-out shifted prompts"
+        else:
+            try:
+                old = app.registry.variant(name, parent, variant.profile)
+            except NotFound:
+                continue
+            ours, theirs, what = m.get("accuracy", 0.0), json.loads(old.metrics_json).get("accuracy", 0.0), "test split"
+        verdicts.append((ours >= theirs, f"{variant.profile}: {ours:.3f} vs {theirs:.3f} on {what}"))
+    if not verdicts:
+        return True, "no comparable variant in the parent version"
+    return all(ok for ok, _ in verdicts), "; ".join(text for _, text in verdicts)
+
+
+def promote_finished_jobs(app: ControllerApp) -> list[str]:
+    """Roll out, as a canary, each version a drift-triggered job published; returns rollout ids created."""
+    created = []
+    with app.store.session() as s:
+        jobs = s.exec(
+            select(Job).where(Job.state == "SUCCEEDED", Job.drift_event_id != "", Job.result_version != "")
+        ).all()
+        done = {k.key for k in s.exec(select(KeyValue).where(KeyValue.key.startswith("loop:promoted:"))).all()}  # type: ignore[attr-defined]
+    for job in jobs:
+        key = f"loop:promoted:{job.job_id}"
+        if key in done:
+            continue
+        with app.store.session() as s:
+            event = s.get(DriftEventRow, job.drift_event_id)
+        parent = event.model_version if event else ""
+        ok, why = _beats_parent(app, job.result_name, job.result_version, parent)
+        outcome = f"not rolled out: does not beat {parent} ({why})"
+        if ok:
+            spec = RolloutSpec(
+                job.result_name,
+                job.result_version,
+                waves=list(app.settings.loop_waves),
+                gate=app.settings.loop_gate,
+                soak_s=app.settings.loop_soak_s,
+                reason=f"drift {job.drift_event_id}: {why}",
+                drift_event_id=job.drift_event_id,
+            )
+            try:
+                rollout_id = rollouts.create_rollout(app.store, spec)
+            except RolloutConflict as exc:
+                log.info("canary of %s:%s waits: %s", job.result_name, job.result_version, exc.message)
+                continue
+            created.append(rollout_id)
+            outcome = f"canary rollout {rollout_id} ({why})"
+        log.info("job %s -> %s:%s: %s", job.job_id, job.result_name, job.result_version, outcome)
+        with app.store.session() as s:
+            s.add(KeyValue(key=key, value=outcome))
+    return created
