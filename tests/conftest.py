@@ -19,6 +19,7 @@ pytest_plugins = [
     "tests.fixtures.stores",
     "tests.fixtures.tiny_models",
     "tests.fixtures.serving",
+    "tests.fixtures.controller",
 ]
 
 

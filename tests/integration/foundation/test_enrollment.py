@@ -13,7 +13,7 @@ from controller.settings import ControllerSettings
 from shared.errors import ConfigError, PermissionDenied, Unauthenticated, Unavailable, UnknownProfile
 from shared.hardware import detect
 from shared.pb import admin_pb2, common_pb2
-from tests.integration.foundation.conftest import admin, agent_settings
+from tests.fixtures.controller import admin, agent_settings
 
 
 def test_agent_enrolls_heartbeats_and_restart_keeps_id(controller, tmp_path: Path) -> None:
@@ -82,7 +82,7 @@ def test_bad_enrollment_token_is_refused(controller, tmp_path: Path) -> None:
 
 
 def test_token_use_limit(controller, tmp_path: Path) -> None:
-    from tests.integration.foundation.conftest import new_token
+    from tests.fixtures.controller import new_token
 
     token = new_token(controller, max_uses=1)
     enroll_or_load(

@@ -8,7 +8,7 @@ import httpx
 
 from agent.daemon import Agent
 from controller.metrics import serve_metrics
-from tests.integration.foundation.conftest import agent_settings
+from tests.fixtures.controller import agent_settings
 
 
 def test_metrics_endpoint_lists_devices_and_rpcs(controller, tmp_path: Path) -> None:

@@ -1,0 +1,102 @@
+"""The closed loop's controller half: drift event -> retrain job with the sampled prompts -> canary rollout."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from sqlmodel import select
+
+from controller.loop import LoopActions, promote_finished_jobs, trigger_retrain
+from controller.registry.registry import VariantSpec
+from controller.rollout import engine as rollouts
+from controller.store.tables import Device, DriftEventRow, Job, SampledPrompt
+from shared.errors import FailedPrecondition
+
+ROOT = Path(__file__).resolve().parents[3]
+RECIPE = ROOT / "examples" / "recipes" / "demo.yaml"
+
+
+def _publish(app, folder: Path, accuracy: float, job_id: str) -> str:  # type: ignore[no-untyped-def]
+    spec = VariantSpec("cpu-int4", "int4", "cpu", folder, metrics={"accuracy": accuracy})
+    return app.registry.publish("smart-building-demo", [spec], {"source": "test"}, job_id=job_id)
+
+
+def _build_job(app) -> Job:  # type: ignore[no-untyped-def]
+    job = app.jobs.submit(RECIPE.read_text(), str(RECIPE))  # validated and queued, not run (no dispatcher here)
+    return job
+
+
+@pytest.fixture
+def app(controller):  # type: ignore[no-untyped-def]
+    controller.app.jobs.stop()  # keep submitted jobs queued: this test drives the loop by hand
+    return controller.app
+
+
+def test_drift_retrain_then_canary(app, tiny_og_model: dict[str, Path]) -> None:  # type: ignore[no-untyped-def]
+    build = _build_job(app)
+    v1 = _publish(app, tiny_og_model["int4"], 0.9, build.job_id)
+    event = DriftEventRow(event_id="drift-t1", profile="cpu-int4", model_name="smart-building-demo",
+                          model_version=v1, kind="input", detector="ks", detected_at=time.time())  # fmt: skip
+    with app.store.session() as s:
+        s.add(event)
+        for i in range(10):
+            s.add(SampledPrompt(profile="cpu-int4", model_name="smart-building-demo", model_version=v1,
+                                prompt=f"switch off the lamps in lab {i}"))  # fmt: skip
+
+    job_id = LoopActions(app).retrain(event)
+    job = app.jobs.get(job_id)
+    assert job.kind == "retrain" and job.drift_event_id == "drift-t1"
+    recipe = yaml.safe_load(job.recipe_yaml.split("\n", 1)[1])
+    extra = recipe["data"]["extra_train"]
+    assert len(extra) == 1 and Path(extra[0]).exists()
+    lines = [json.loads(x)["prompt"] for x in Path(extra[0]).read_text().splitlines()]
+    assert lines and all("lamps" in p for p in lines)
+    with app.store.session() as s:
+        assert {p.used_by_job for p in s.exec(select(SampledPrompt))} == {job_id}
+    # A second event while the retrain runs joins it instead of starting another.
+    assert LoopActions(app).retrain(event) == job_id
+
+    # The job "finishes" with a new version that does not regress: the loop starts a canary rollout.
+    with app.store.session() as s:
+        s.add(Device(agent_id="agt-1", hostname="h", profile="cpu-int4", last_seen=time.time()))
+    v2 = _publish(app, tiny_og_model["int4"], 0.9, job_id)
+    with app.store.session() as s:
+        row = s.get(Job, job_id)
+        row.state, row.result_name, row.result_version = "SUCCEEDED", "smart-building-demo", v2
+        s.add(row)
+    created = promote_finished_jobs(app)
+    assert len(created) == 1
+    rollout = rollouts.get_rollout(app.store, created[0])
+    assert rollout.model_version == v2 and rollout.drift_event_id == "drift-t1"
+    assert promote_finished_jobs(app) == []  # once only
+
+
+def test_regressing_retrain_is_not_rolled_out(app, tiny_og_model: dict[str, Path]) -> None:  # type: ignore[no-untyped-def]
+    build = _build_job(app)
+    v1 = _publish(app, tiny_og_model["int4"], 0.9, build.job_id)
+    retrain = _build_job(app)
+    v2 = _publish(app, tiny_og_model["int4"], 0.5, retrain.job_id)
+    with app.store.session() as s:
+        s.add(DriftEventRow(event_id="drift-t2", profile="cpu-int4", model_name="smart-building-demo",
+                            model_version=v1, kind="input"))  # fmt: skip
+        row = s.get(Job, retrain.job_id)
+        row.state, row.result_name, row.result_version, row.drift_event_id = (
+            "SUCCEEDED",
+            "smart-building-demo",
+            v2,
+            "drift-t2",
+        )
+        s.add(row)
+    assert promote_finished_jobs(app) == []
+    assert rollouts.list_rollouts(app.store) == []
+
+
+def test_retrain_without_sampled_prompts_says_how_to_enable_them(app, tiny_og_model: dict[str, Path]) -> None:  # type: ignore[no-untyped-def]
+    v1 = _publish(app, tiny_og_model["int4"], 0.9, _build_job(app).job_id)
+    with pytest.raises(FailedPrecondition, match="sample_prompts"):
+        trigger_retrain(app, "smart-building-demo", "cpu-int4", "test")
+    assert v1 == "1"
