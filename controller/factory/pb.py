@@ -1,0 +1,42 @@
+"""Protobuf conversion for jobs (used only at the API boundary)."""
+
+from __future__ import annotations
+
+from controller.store.tables import Job
+from shared.pb import admin_pb2, common_pb2
+
+_STATES = {
+    "QUEUED": admin_pb2.JOB_STATE_QUEUED,
+    "RUNNING": admin_pb2.JOB_STATE_RUNNING,
+    "SUCCEEDED": admin_pb2.JOB_STATE_SUCCEEDED,
+    "FAILED": admin_pb2.JOB_STATE_FAILED,
+    "CANCELLED": admin_pb2.JOB_STATE_CANCELLED,
+}
+
+
+def job_state_to_pb(state: str) -> int:
+    return _STATES.get(state, admin_pb2.JOB_STATE_UNSPECIFIED)
+
+
+def job_to_pb(job: Job) -> admin_pb2.Job:
+    msg = admin_pb2.Job(
+        job_id=job.job_id,
+        kind=job.kind,
+        state=job_state_to_pb(job.state),
+        stage=job.stage,
+        stage_index=max(0, job.stage_index),
+        stage_count=max(0, job.stage_count),
+        step=max(0, job.step),
+        total_steps=max(0, job.total_steps),
+        loss=job.loss,
+        eta_s=job.eta_s,
+        message=job.message,
+        error=job.error,
+        created_unix=job.created_at,
+        updated_unix=job.updated_at,
+        summary_json=job.summary_json,
+        drift_event_id=job.drift_event_id,
+    )
+    if job.result_name:
+        msg.result.CopyFrom(common_pb2.ModelRef(name=job.result_name, version=job.result_version))
+    return msg

@@ -1,0 +1,178 @@
+"""Run a pipeline: each step in its own work dir, reusing cached outputs where nothing changed.
+
+A step's cache key covers its stage's name and version, its parsed config, the digests of the outputs it
+reads (its ``needs``) and the content of existing absolute paths in its config; so after a failure, or
+after changing one profile, a rerun redoes only the steps whose inputs changed. Stages whose class sets
+``cacheable = False`` (``publish``) always run. Progress goes to ``on_progress(index, count, step,
+Progress)``; ``is_cancelled`` is checked between steps and by stages while they run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import re
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from controller.factory.cache import Fingerprints, StageCache, output_digest
+from controller.factory.pipeline import PipelineStep, check_structure
+from controller.factory.stage import Progress, StageContext, get_stage
+from shared.errors import Cancelled, SlmopsError, StageError
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[int, int, PipelineStep, Progress], None]
+
+
+@dataclass
+class StepOutcome:
+    step: PipelineStep
+    outputs: dict[str, Path]
+    metrics: dict[str, Any]
+    digest: str
+    cached: bool
+    seconds: float
+    key: str = ""
+
+
+@dataclass
+class RunResult:
+    outcomes: dict[str, StepOutcome] = field(default_factory=dict)
+
+    @property
+    def ran(self) -> list[str]:
+        return [sid for sid, o in self.outcomes.items() if not o.cached]
+
+    @property
+    def cached(self) -> list[str]:
+        return [sid for sid, o in self.outcomes.items() if o.cached]
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+
+
+class PipelineRunner:
+    def __init__(
+        self,
+        work_root: Path,
+        cache: StageCache | None,
+        *,
+        shared_cache_dir: Path | None = None,
+        extras: dict[str, Any] | None = None,
+        on_progress: ProgressCallback | None = None,
+        is_cancelled: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self.work_root = Path(work_root)
+        self.cache = cache
+        self.shared_cache_dir = Path(shared_cache_dir) if shared_cache_dir else self.work_root / ".cache"
+        self.extras = extras or {}
+        self.on_progress = on_progress or (lambda *_a: None)
+        self.is_cancelled = is_cancelled
+        self._fp = cache.fingerprints if cache else Fingerprints()
+        self._log: list[dict[str, Any]] = []
+
+    def run(self, steps: list[PipelineStep]) -> RunResult:
+        check_structure(steps)
+        self.work_root.mkdir(parents=True, exist_ok=True)
+        result = RunResult()
+        for index, step in enumerate(steps):
+            if self.is_cancelled():
+                raise Cancelled(f"job cancelled before step '{step.id}'")
+            outcome = self._run_step(index, len(steps), step, result)
+            result.outcomes[step.id] = outcome
+        return result
+
+    # --- one step --------------------------------------------------------------------------------------
+    def _run_step(self, index: int, count: int, step: PipelineStep, done: RunResult) -> StepOutcome:
+        stage = get_stage(step.stage)
+        config = stage.parse_config(step.config, f"step '{step.id}'")
+        inputs: dict[str, Path] = {}
+        upstream: dict[str, dict[str, Any]] = {}
+        for need in step.needs:
+            prev = done.outcomes[need]
+            for name, path in prev.outputs.items():
+                inputs[f"{prev.step.stage}.{name}"] = path
+                inputs[f"{need}.{name}"] = path
+                inputs[name] = path
+            upstream[prev.step.stage] = prev.metrics
+            upstream[need] = prev.metrics
+        config_json = config.model_dump(mode="json")
+        cacheable = self.cache is not None and getattr(stage, "cacheable", True)
+        key = ""
+        if cacheable:
+            assert self.cache is not None
+            needs_digests = [f"{done.outcomes[n].step.stage}:{done.outcomes[n].digest}" for n in step.needs]
+            key = self.cache.key(
+                stage.name, stage.version, config_json, needs_digests, self.cache.path_digests(config_json)
+            )
+            hit = self.cache.get(key)
+            if hit is not None:
+                log.info("step %s: cached (%s)", step.id, key)
+                self.on_progress(index, count, step, Progress(step.id, 1, 1, message="cached"))
+                self._record(step, "cached", key, 0.0)
+                return StepOutcome(step, hit.outputs, hit.metrics, hit.digest, True, 0.0, key)
+
+        work_dir = self.work_root / f"{index:02d}-{_safe(step.id)}"
+        if work_dir.exists():
+            shutil.rmtree(work_dir)
+        work_dir.mkdir(parents=True)
+
+        def relay(p: Progress) -> None:
+            self.on_progress(index, count, step, Progress(step.id, p.step, p.total_steps, p.loss, p.message))
+
+        ctx = StageContext(
+            work_dir=work_dir,
+            inputs=inputs,
+            upstream_metrics=upstream,
+            cache_dir=self.shared_cache_dir,
+            progress=relay,
+            is_cancelled=self.is_cancelled,
+            extras={**self.extras, "step": step},
+        )
+        self.on_progress(index, count, step, Progress(step.id, 0, 0, message="started"))
+        log.info("step %s (%s): running in %s", step.id, stage.name, work_dir)
+        start = time.monotonic()
+        try:
+            res = stage.run(config, ctx)
+        except Cancelled:
+            self._record(step, "cancelled", key, time.monotonic() - start)
+            raise
+        except StageError as exc:
+            self._record(step, "failed", key, time.monotonic() - start)
+            if exc.stage == step.id:
+                raise
+            raise StageError(step.id, exc.message.removeprefix(f"stage '{exc.stage}' failed: ")) from exc
+        except SlmopsError as exc:
+            self._record(step, "failed", key, time.monotonic() - start)
+            raise StageError(step.id, exc.message) from exc
+        except Exception as exc:
+            self._record(step, "failed", key, time.monotonic() - start)
+            log.exception("step %s crashed", step.id)
+            raise StageError(step.id, f"{type(exc).__name__}: {exc}") from exc
+        seconds = time.monotonic() - start
+        missing = [n for n, p in res.outputs.items() if not Path(p).exists()]
+        if missing:
+            raise StageError(step.id, f"the stage reported outputs that do not exist: {', '.join(missing)}")
+        digest = output_digest(res.outputs, self._fp)
+        outputs, metrics = dict(res.outputs), dict(res.metrics)
+        if cacheable:
+            assert self.cache is not None
+            stored = self.cache.put(key, work_dir, outputs, metrics, digest)
+            outputs = stored.outputs
+        log.info("step %s: done in %.1f s", step.id, seconds)
+        self._record(step, "ran", key, seconds)
+        return StepOutcome(step, outputs, metrics, digest, False, seconds, key)
+
+    def _record(self, step: PipelineStep, status: str, key: str, seconds: float) -> None:
+        self._log.append(
+            {"id": step.id, "stage": step.stage, "status": status, "cache_key": key, "seconds": round(seconds, 3)}
+        )
+        with contextlib.suppress(OSError):
+            (self.work_root / "steps.json").write_text(json.dumps(self._log, indent=2))

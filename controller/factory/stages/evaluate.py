@@ -1,0 +1,124 @@
+"""Stage ``evaluate``: measure one onnxruntime-genai model on the test split, in a child process.
+
+Roles: ``variant`` (a profile's deployed build), ``reference`` (the pre-quantization student, fp32) and
+``teacher`` (the teacher built at fp32). All are measured the same way so the report can compare them.
+A variant whose execution provider this machine lacks (e.g. CUDA here) is recorded as skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any, Literal
+
+from pydantic import Field
+
+from controller.factory.evaluation import run_evaluation
+from controller.factory.stage import Progress, Stage, StageConfig, StageContext, StageResult, register_stage
+from controller.factory.stageio import resolve_input
+from controller.factory.training.refs import check_dataset_ref
+from shared.errors import RecipeError
+
+log = logging.getLogger(__name__)
+
+
+class EvaluateConfig(StageConfig):
+    model: str = "model"
+    # Earlier stage output (or absolute path) of the JSONL test set.
+    data: str = "test"
+    task: str = ""
+    role: Literal["variant", "reference", "teacher"] = "variant"
+    profile: str = ""
+    precision: str = ""
+    label: str = ""
+    limit: int = Field(0, ge=0)
+    max_new_tokens: int = Field(64, gt=0)
+    threads: int = Field(0, ge=0)
+    execution_provider: str = "cpu"
+    golden: int = Field(5, ge=0)
+    warmup: int = Field(2, ge=0)
+    timeout_s: int = Field(0, ge=0)
+
+
+def provider_available(ep: str) -> bool:
+    if ep == "cpu":
+        return True
+    import onnxruntime_genai as og
+
+    check = {
+        "cuda": "is_cuda_available",
+        "dml": "is_dml_available",
+        "webgpu": "is_webgpu_available",
+        "qnn": "is_qnn_available",
+        "openvino": "is_openvino_available",
+    }.get(ep)
+    try:
+        return bool(check and getattr(og, check)())
+    except Exception:
+        return False
+
+
+@register_stage
+class EvaluateStage(Stage):
+    name = "evaluate"
+    config_cls = EvaluateConfig
+    version = "2"  # 2: peak RSS from VmHWM (per process, not inherited across fork+exec)
+
+    def validate(self, config: StageConfig, ctx_extras: dict[str, Any]) -> None:
+        assert isinstance(config, EvaluateConfig)
+        source = ctx_extras.get("recipe_source", "recipe")
+        if os.path.isabs(config.data):
+            # the test set needs prompts AND expected answers; errors name file, line and field
+            check_dataset_ref(config.data, "evaluation: data.test", source, require_response=True)
+        if config.task:
+            from controller.factory.evaluation.scoring import known_tasks
+
+            if config.task not in known_tasks():
+                raise RecipeError(
+                    source, "evaluate.task", f"unknown task '{config.task}' (known: {', '.join(known_tasks())})"
+                )
+
+    def run(self, config: StageConfig, ctx: StageContext) -> StageResult:
+        assert isinstance(config, EvaluateConfig)
+        label = config.label or config.profile or config.role
+        info = {"role": config.role, "profile": config.profile, "label": label, "precision": config.precision}
+        metrics_path = ctx.work_dir / "metrics.json"
+        if not provider_available(config.execution_provider):
+            reason = f"execution provider '{config.execution_provider}' is not available on this machine"
+            log.warning("not evaluating %s: %s", label, reason)
+            result = {**info, "skipped": True, "reason": reason}
+            metrics_path.write_text(json.dumps(result, indent=2))
+            (ctx.work_dir / "golden.json").write_text("[]")
+            return StageResult(
+                outputs={"metrics": metrics_path, "golden": ctx.work_dir / "golden.json"}, metrics=result
+            )
+
+        def _progress(done: int, total: int) -> None:
+            ctx.progress(Progress(self.name, done, total, message=f"evaluating {label}"))
+
+        ctx.progress(Progress(self.name, 0, 0, message=f"evaluating {label}"))
+        res = run_evaluation(
+            resolve_input(ctx, config.model),
+            resolve_input(ctx, config.data),
+            ctx.work_dir / "eval",
+            task=config.task,
+            limit=config.limit,
+            max_new_tokens=config.max_new_tokens,
+            threads=config.threads,
+            provider=config.execution_provider,
+            golden=config.golden,
+            warmup=config.warmup,
+            timeout_s=config.timeout_s,
+            is_cancelled=ctx.is_cancelled,
+            on_progress=_progress,
+            stage=self.name,
+        )
+        result = {**info, **res.metrics}
+        metrics_path.write_text(json.dumps(result, indent=2))
+        golden_path = ctx.work_dir / "golden.json"
+        golden_path.write_text(json.dumps(res.golden, indent=2))
+        outputs = {"metrics": metrics_path, "golden": golden_path}
+        if res.predictions_path:
+            outputs["predictions"] = res.predictions_path
+        return StageResult(outputs=outputs, metrics=result)

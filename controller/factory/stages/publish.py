@@ -1,0 +1,110 @@
+"""Stage ``publish``: put every profile's variant into the registry as one new signed version.
+
+Never cached (it has an effect outside its work dir). The registry comes from ``ctx.extras["registry"]``
+(the job worker provides it). All variants appear together when the registry's transaction commits; a
+failure here, or anywhere before, leaves the registry as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from controller.factory.stage import Progress, Stage, StageConfig, StageContext, StageResult, register_stage
+from controller.factory.stageio import resolve_input
+from controller.registry.registry import Registry, VariantSpec
+from controller.registry.versions import check_model_name
+from shared.errors import InvalidArgument, RecipeError, StageError
+
+log = logging.getLogger(__name__)
+
+
+class PublishVariant(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    profile: str
+    precision: str
+    execution_provider: str = "cpu"
+    runtime: str = "ort-genai"
+    # Earlier stage outputs: the variant folder, its evaluation metrics.json and golden.json ("" = none).
+    model: str
+    evaluation: str = ""
+    golden: str = ""
+    adapter_of: str = ""
+
+
+class PublishConfig(StageConfig):
+    name: str
+    variants: list[PublishVariant] = Field(min_length=1)
+    # Static lineage (teacher, recipe hash, parent version, drift event id, ...).
+    lineage: dict[str, Any] = Field(default_factory=dict)
+    # Lineage entries computed from earlier outputs' content: {"data_hash": "distill-data.train"}.
+    lineage_hashes: dict[str, str] = Field(default_factory=dict)
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+@register_stage
+class PublishStage(Stage):
+    name = "publish"
+    config_cls = PublishConfig
+    version = "1"
+    cacheable = False
+
+    def validate(self, config: StageConfig, ctx_extras: dict[str, Any]) -> None:
+        assert isinstance(config, PublishConfig)
+        try:
+            check_model_name(config.name)
+        except InvalidArgument as exc:
+            raise RecipeError(ctx_extras.get("recipe_source", "recipe"), "name", exc.message) from exc
+
+    def run(self, config: StageConfig, ctx: StageContext) -> StageResult:
+        assert isinstance(config, PublishConfig)
+        registry = ctx.extras.get("registry")
+        if not isinstance(registry, Registry):
+            raise StageError(self.name, "no registry was given to this pipeline run (ctx.extras['registry'])")
+        ctx.check_cancelled()
+        ctx.progress(Progress(self.name, 0, 1, message=f"publishing {config.name}"))
+        specs = []
+        for v in config.variants:
+            metrics: dict[str, Any] = {}
+            if v.evaluation:
+                metrics = _read_json(resolve_input(ctx, v.evaluation))
+                if metrics.get("skipped"):
+                    log.warning("variant %s is published without metrics: %s", v.profile, metrics.get("reason"))
+            golden = _read_json(resolve_input(ctx, v.golden)) if v.golden else []
+            specs.append(
+                VariantSpec(
+                    profile=v.profile,
+                    precision=v.precision,
+                    execution_provider=v.execution_provider,
+                    folder=resolve_input(ctx, v.model),
+                    runtime=v.runtime,
+                    metrics=metrics,
+                    golden=golden,
+                    adapter_of=v.adapter_of,
+                )
+            )
+        lineage = dict(config.lineage)
+        fp = ctx.extras.get("fingerprints")
+        for key, ref in config.lineage_hashes.items():
+            path = resolve_input(ctx, ref)
+            lineage[key] = fp.path(path) if fp is not None else _sha(path)
+        ctx.check_cancelled()
+        version = registry.publish(config.name, specs, lineage, str(ctx.extras.get("job_id", "")))
+        out = ctx.work_dir / "published.json"
+        out.write_text(json.dumps({"name": config.name, "version": version}))
+        ctx.progress(Progress(self.name, 1, 1, message=f"published {config.name}:{version}"))
+        return StageResult(outputs={"published": out}, metrics={"name": config.name, "version": version})
+
+
+def _sha(path: Path) -> str:
+    from controller.factory.cache import Fingerprints
+
+    return Fingerprints().path(path)

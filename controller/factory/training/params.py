@@ -1,0 +1,47 @@
+"""Hyperparameters shared by the training stages (flat fields, so recipes stay short)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from controller.factory.stage import StageConfig
+
+
+class TrainParams(StageConfig):
+    """Supervised training settings. ``max_steps`` (optimizer steps) wins over ``epochs`` when set."""
+
+    learning_rate: float = Field(2e-5, gt=0)
+    epochs: float = Field(3.0, gt=0)
+    max_steps: int | None = Field(None, gt=0)
+    batch_size: int = Field(8, gt=0)
+    grad_accum: int = Field(1, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    lr_schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    max_grad_norm: float = Field(1.0, gt=0)
+    max_seq_len: int = Field(512, gt=8)
+    gradient_checkpointing: bool = False
+    eval_every: int = Field(0, ge=0, description="validation loss every N steps (0: only at the end)")
+    max_eval_examples: int = Field(256, gt=0)
+    log_every: int = Field(10, gt=0)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # CPU threads for torch (0: torch's default, one per core). 1 can be faster on a busy machine.
+    num_threads: int = Field(0, ge=0)
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainParams:
+        if self.mixed_precision != "no" and self.device == "cpu":
+            raise ValueError("mixed_precision needs device cuda (or auto on a GPU machine)")
+        return self
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
