@@ -69,7 +69,6 @@ def _attach_factory(app: ControllerApp) -> None:
     from controller.factory.jobs import JobManager
     from controller.registry.blobs import BlobStore
     from controller.registry.registry import Registry
-
     from controller.registry.transfer import DownloadGate
 
     app.blobs = BlobStore(app.settings.data_dir / "artifacts")

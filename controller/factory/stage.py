@@ -64,7 +64,9 @@ class StageContext:
 
     def input(self, name: str) -> Path:
         if name not in self.inputs:
-            raise NotFound(f"stage input '{name}' is missing: an earlier stage must produce it (have: {sorted(self.inputs)})")
+            raise NotFound(
+                f"stage input '{name}' is missing: an earlier stage must produce it (have: {sorted(self.inputs)})"
+            )
         return self.inputs[name]
 
     def check_cancelled(self) -> None:
