@@ -102,7 +102,7 @@ def main() -> int:
         return 1
     summary = json.loads(job.summary_json)
     print(render_table(summary))
-    print(f"published {job.result_name}:{job.result_version}; {job.message}; wall {wall:.0f} s")
+    print(f"{job.message}; wall {wall:.0f} s")
     out = {k: (None if summary["figures"].get(k) is None else round(summary["figures"][k], 4)) for k in FIGURES}
     out.update(
         wall_s=round(wall, 1),

@@ -102,9 +102,11 @@ def print_job(job) -> None:  # type: ignore[no-untyped-def]
     if job.result.name:
         console.print(f"published [bold]{ref(job.result)}[/]")
     if job.summary_json:
-        from controller.cli.tables import comparison_table
+        from controller.factory.report import render_table
 
-        console.print(comparison_table(json.loads(job.summary_json)))
+        summary = json.loads(job.summary_json)
+        if summary.get("models"):
+            console.print(render_table(summary, width=console.width))
 
 
 def jobs_list(args: argparse.Namespace) -> int:

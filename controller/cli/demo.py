@@ -14,7 +14,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dir", default="", help="keep the demo's data here instead of a temporary directory")
     p.add_argument("--agents", default="cpu-int4,cpu-fp32", help="one agent per listed profile")
     p.add_argument("--requests", type=int, default=60, help="requests per agent per traffic round")
-    p.add_argument("--fleet-only", action="store_true", help="only start the fleet and show the device table")
+    p.add_argument("--recipe", default="", help="build recipe (default: examples/recipes/demo.yaml)")
+    p.add_argument(
+        "--stage",
+        choices=["fleet", "serve", "loop"],
+        default="serve",
+        help="fleet: controller + agents; serve (default): + build, staged rollout, traffic; "
+        "loop: + shifted traffic, drift, retrain, canary (experimental)",
+    )
     p.set_defaults(func=demo)
 
 
@@ -27,8 +34,10 @@ def demo(args: argparse.Namespace) -> int:
         root=root,
         agents=[p for p in args.agents.split(",") if p],
         requests=args.requests,
-        full_loop=not args.fleet_only,
+        stage=args.stage,
     )
+    if args.recipe:
+        options.recipe = Path(args.recipe).resolve()
     try:
         return run_demo(options)
     finally:

@@ -7,6 +7,7 @@ Everything goes through the same AdminService, AgentService and HTTP APIs an ope
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from shared.pb import admin_pb2, common_pb2
 
 ROOT = Path(__file__).resolve().parents[2]
 DONE = {admin_pb2.ROLLOUT_STATE_SUCCEEDED}
+DEMO_GATE = "error_rate<=0.2,ttft_p95_ms<=5000"
 
 
 @dataclass
@@ -34,7 +36,8 @@ class DemoOptions:
     profiles_dir: Path = ROOT / "examples" / "profiles"
     agents: list[str] = field(default_factory=lambda: ["cpu-int4", "cpu-fp32"])
     requests: int = 60
-    full_loop: bool = True
+    # 'fleet': controller + agents only; 'serve': + build, rollout, traffic; 'loop': + drift -> retrain -> canary
+    stage: str = "serve"
 
 
 def wait_rollout(fleet: LocalFleet, rollout_id: str, timeout: float = 600) -> admin_pb2.Rollout:
@@ -95,13 +98,45 @@ def build(fleet: LocalFleet, recipe: Path) -> common_pb2.ModelRef:
     return fleet.admin("GetJob", admin_pb2.GetJobRequest(job_id=job.job_id)).result  # type: ignore[attr-defined]
 
 
+class BackgroundTraffic:
+    """Requests flowing while a rollout runs, so its health gates have real telemetry to judge."""
+
+    def __init__(self, fleet: LocalFleet, variant: str = "base") -> None:
+        self.fleet, self.variant = fleet, variant
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="demo-traffic", daemon=True)
+
+    def _run(self) -> None:
+        clients = [Traffic(a.base_url) for a in self.fleet.agents]
+        try:
+            while not self.stop.is_set():
+                for client in clients:
+                    try:
+                        client.run(self.variant, 2, offset=int(time.time()) % 50)
+                    except Exception:
+                        client.model_id = ""
+                        self.stop.wait(0.5)
+        finally:
+            for client in clients:
+                client.close()
+
+    def __enter__(self) -> BackgroundTraffic:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        self.thread.join(30)
+
+
 def roll_out(fleet: LocalFleet, model: common_pb2.ModelRef) -> None:
-    console.rule(f"2. staged rollout of {model.name}:{model.version} (waves 50%, 100%)")
+    console.rule(f"2. staged rollout of {model.name}:{model.version} (waves 50%, 100%; gated on live telemetry)")
     request = admin_pb2.CreateRolloutRequest(
-        model=model, waves=[50, 100], max_failure=0.0, gate="error_rate<=0.2", soak_s=3, device_timeout_s=600
+        model=model, waves=[50, 100], max_failure=0.0, gate=DEMO_GATE, soak_s=5, device_timeout_s=600
     )
-    rollout = fleet.admin("CreateRollout", request)
-    print_rollout(wait_rollout(fleet, rollout.rollout_id))  # type: ignore[attr-defined]
+    with BackgroundTraffic(fleet):
+        rollout = fleet.admin("CreateRollout", request)
+        print_rollout(wait_rollout(fleet, rollout.rollout_id))  # type: ignore[attr-defined]
     wait_version(fleet, model.version)
 
 
@@ -118,13 +153,15 @@ def wait_for_drift(fleet: LocalFleet, n: int, timeout: float = 240) -> list[admi
 
 
 def run_demo(options: DemoOptions) -> int:
+    # The trained teacher and finished stages are cached across demo runs (keyed by content hashes).
+    os.environ.setdefault("SLMOPS_CACHE_DIR", str(ROOT / ".cache" / "slmops"))
     overrides = {
         "profiles_dir": options.profiles_dir,
         "scheduler_interval_s": 1.0,
         "drift_interval_s": 5.0,
         "loop_waves": [50, 100],
         "loop_soak_s": 3,
-        "loop_gate": "error_rate<=0.2",
+        "loop_gate": DEMO_GATE,
     }
     fleet = LocalFleet(options.root, heartbeat_s=2, settings_overrides=overrides)
     try:
@@ -134,13 +171,21 @@ def run_demo(options: DemoOptions) -> int:
         for i, profile in enumerate(options.agents):
             fleet.add_agent(f"edge-{i + 1}", profile)
         console.print(devices_table(fleet.wait_for_devices(len(options.agents))))
-        if not options.full_loop:
+        if options.stage == "fleet":
             return 0
         model = build(fleet, options.recipe)
         roll_out(fleet, model)
 
-        console.rule("3. traffic from the task (base distribution)")
+        console.rule("3. traffic from the task (base distribution), answers and latency per agent")
         before = traffic_round(fleet, "base", options.requests, show=3)
+        if options.stage == "serve":
+            table = Table(title="accuracy (exact match) and p50 latency per agent")
+            table.add_column("traffic / version")
+            for name in sorted(before):
+                table.add_column(name)
+            table.add_row(*summary_row(f"base / {model.version}", before))
+            console.print(table)
+            return 0
         for _ in range(2):  # enough windows for the drift baseline
             traffic_round(fleet, "base", options.requests)
         console.rule("4. the traffic shifts (new vocabulary, phrasing, slot values)")
@@ -157,7 +202,7 @@ def run_demo(options: DemoOptions) -> int:
         new = fleet.admin("GetJob", admin_pb2.GetJobRequest(job_id=job_id)).result  # type: ignore[attr-defined]
         console.rule(f"6. canary rollout of {new.name}:{new.version}")
         rollout_id = ""
-        deadline = time.time() + 120
+        deadline = time.time() + 180
         while not rollout_id and time.time() < deadline:
             for r in fleet.admin("ListRollouts", admin_pb2.ListRolloutsRequest()).rollouts:  # type: ignore[attr-defined]
                 if r.model.version == new.version:
@@ -165,7 +210,8 @@ def run_demo(options: DemoOptions) -> int:
             time.sleep(1)
         if not rollout_id:
             raise Unavailable(f"no rollout of {new.name}:{new.version} was created (see the controller log)")
-        print_rollout(wait_rollout(fleet, rollout_id))
+        with BackgroundTraffic(fleet, "shifted"):
+            print_rollout(wait_rollout(fleet, rollout_id))
         wait_version(fleet, new.version)
         console.rule("7. shifted traffic on the retrained version")
         after = traffic_round(fleet, "shifted", options.requests, show=3)

@@ -41,13 +41,15 @@ class WorkerArgs:
 
 def data_paths(data_dir: Path) -> dict[str, Path]:
     data_dir = Path(data_dir)
+    # Stage outputs and trained teachers can be shared by several controllers (e.g. demo runs): SLMOPS_CACHE_DIR.
+    cache = Path(os.environ.get("SLMOPS_CACHE_DIR") or data_dir / "cache")
     return {
         "db": data_dir / "controller.db",
         "key": data_dir / "keys" / "manifest_ed25519.pem",
         "artifacts": data_dir / "artifacts",
         "jobs": data_dir / "jobs",
-        "cache": data_dir / "cache",
-        "stage_cache": data_dir / "cache" / "stages",
+        "cache": cache,
+        "stage_cache": cache / "stages",
     }
 
 
