@@ -101,7 +101,7 @@ def test_wakeup_during_a_run_runs_the_job_again() -> None:
         assert entered.wait(5)
         assert scheduler.wakeup(ROLLOUT_TICK)  # APScheduler alone would skip this: one instance at a time
         release.set()
-        # At least once more (the early run APScheduler starts after the first ends may add one: the tick is idempotent).
+        # At least once more (APScheduler may add its own early run after the first ends; ticks are idempotent).
         assert _wait_for(lambda: len(runs) >= 2), runs
     finally:
         scheduler.shutdown()
