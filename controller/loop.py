@@ -15,6 +15,7 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import yaml
 from sqlmodel import select
 
 from controller.rollout import engine as rollouts
@@ -45,10 +46,7 @@ def _source_job(app: ControllerApp, name: str, version: str) -> Job:
 def _active_job_for(app: ControllerApp, name: str) -> Job | None:
     with app.store.session() as s:
         jobs = s.exec(select(Job).where(Job.state.in_(ACTIVE_JOB_STATES), Job.kind != "build")).all()  # type: ignore[attr-defined]
-    for job in jobs:
-        if f"name: {name}\n" in job.recipe_yaml:
-            return job
-    return None
+    return next((job for job in jobs if (yaml.safe_load(job.recipe_yaml) or {}).get("name") == name), None)
 
 
 def export_sampled_prompts(app: ControllerApp, name: str, out_dir: Path) -> tuple[Path, Path, int]:

@@ -143,9 +143,8 @@ def roll_out(fleet: LocalFleet, model: common_pb2.ModelRef) -> None:
 def wait_for_drift(fleet: LocalFleet, n: int, timeout: float = 240) -> list[admin_pb2.DriftEvent]:
     """Keep shifted traffic flowing until the controller records a drift event."""
     deadline = time.time() + timeout
-    rounds: list[dict[str, list[Answer]]] = []
     while time.time() < deadline:
-        rounds.append(traffic_round(fleet, "shifted", n))
+        traffic_round(fleet, "shifted", n)
         events = fleet.admin("ListDriftEvents", admin_pb2.ListDriftEventsRequest()).events  # type: ignore[attr-defined]
         if events:
             return list(events)
