@@ -67,6 +67,7 @@ class AgentServices:
             keep_versions=s.keep_versions,
         )
         self._runtimes: dict[str, Runtime] = {}
+        self._serving_runtime = ""  # name of the backend serving the current model
         self._manifests: dict[Path, Manifest] = {}
         self._desired: queue.Queue[agent_pb2.DesiredModel | None] = queue.Queue()
         self._stop = threading.Event()
@@ -110,13 +111,15 @@ class AgentServices:
     def _activate(self, model_dir: Path) -> None:
         """Load the new version and swap it in; requests in flight finish on the old one."""
         manifest = self._manifest_of(model_dir)
-        model = self._runtime_for(manifest).load(
+        runtime = self._runtime_for(manifest)
+        model = runtime.load(
             model_dir, manifest.execution_provider or "cpu", model_id=manifest.name, allow_fallback=True
         )
         self.serving.swap(model, manifest.version)
+        self._serving_runtime = runtime.name
         self.telemetry.set_model(manifest.name, manifest.version)
         self._manifests[model_dir] = manifest
-        log.info("serving %s on %s (%s)", manifest.ref, model.active_provider, self._runtime_for(manifest).name)
+        log.info("serving %s on %s (%s)", manifest.ref, model.active_provider, runtime.name)
 
     def _budget(self, manifest: Manifest) -> dict[str, Any]:
         p = self.agent.profile
@@ -208,7 +211,7 @@ class AgentServices:
         model: LoadedModel | None = handle.model if handle is not None else None
         if model is not None:
             request.active_provider = model.active_provider
-            request.runtime = next(iter(self._runtimes), "")
+            request.runtime = self._serving_runtime
         request.healthy = bool(self.serving.health.ok)
         record = self.machine.snapshot.record
         request.rollout_id = record.rollout_id if record is not None else ""

@@ -63,6 +63,7 @@ def test_waves_serving_update_and_automatic_rollback(fleet: LocalFleet, publish:
     assert seen_first_wave_alone
     assert sorted(t.state for t in r.targets) == ["healthy"] * 3
     wait_installed(fleet, v1)
+    assert {(d.runtime, d.active_provider) for d in fleet.devices()} == {("ort-genai", "cpu")}
 
     # Every agent serves through the official openai client, plain and streamed.
     for i in range(3):
