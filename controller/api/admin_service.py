@@ -133,19 +133,19 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     def ListDriftEvents(
         self, request: admin_pb2.ListDriftEventsRequest, context: grpc.ServicerContext
     ) -> admin_pb2.ListDriftEventsResponse:
-        from controller.drift import monitor
+        from controller.drift import events as drift_events
         from controller.drift.pb import event_to_pb as drift_event_to_pb
 
-        events = monitor.list_events(self.app.store, request.profile or None, request.limit or 50)
+        events = drift_events.list_events(self.app.store, request.profile or None, request.limit or 50)
         return admin_pb2.ListDriftEventsResponse(events=[drift_event_to_pb(e) for e in events])
 
     def GetDriftEvent(
         self, request: admin_pb2.DriftEventRequest, context: grpc.ServicerContext
     ) -> admin_pb2.DriftEvent:
-        from controller.drift import monitor
+        from controller.drift import events as drift_events
         from controller.drift.pb import event_to_pb as drift_event_to_pb
 
-        return drift_event_to_pb(monitor.get_event(self.app.store, request.event_id))
+        return drift_event_to_pb(drift_events.get_event(self.app.store, request.event_id))
 
     def TriggerRetrain(self, request: admin_pb2.TriggerRetrainRequest, context: grpc.ServicerContext) -> admin_pb2.Job:
         from controller.factory.pb import job_to_pb

@@ -94,9 +94,13 @@ def expand(
     if teacher is not None:
         if teacher.kind == "train":
             assert teacher.train is not None
-            cfg = {"data": train_ref, **val, **teacher.train}
-            teacher_needs = [b.add("train-teacher", "train-teacher", cfg, data_needs)]
+            teacher_data, teacher_data_needs = _teacher_data(b, recipe, train_ref, data_needs, source)
+            cfg = {"data": teacher_data, **val, **teacher.train}
+            teacher_needs = [b.add("train-teacher", "train-teacher", cfg, teacher_data_needs)]
             teacher_ref = "train-teacher.model"
+        elif recipe.data.teacher_variants:
+            raise RecipeError(source, "data.teacher_variants", "only a teacher trained by the recipe (teacher.train) "
+                              "learns extra task variants")  # fmt: skip
         elif teacher.kind == "folder":
             teacher_ref = teacher.folder
         distill: dict[str, Any] = {
@@ -161,6 +165,9 @@ def expand(
             },
             teacher_needs,
         )
+    holdout_ref, holdout_needs = _holdout_data(b, recipe, teacher_ref, teacher_needs)
+    parent = str(recipe.lineage.get("parent_version", "")) if holdout_ref else ""
+    on_holdout = {**common, "data": holdout_ref, "limit": 0, "golden": 0, "role": "holdout"}
     # finetune with merge: false keeps a runtime-switchable LoRA adapter in every variant
     runtime_adapter = recipe.finetune is not None and recipe.finetune.get("merge", True) is False
     names: list[str] = []
@@ -237,6 +244,35 @@ def expand(
             }
         )
         variants[-1]["_needs"] = [q, e]
+        if holdout_ref:
+            holdout = {**on_holdout, "profile": prof.name, "precision": precision}
+            h = b.add(
+                f"evaluate-holdout@{prof.name}",
+                "evaluate",
+                {**holdout, "model": f"{q}.model", "label": f"{prof.name} on the hold-out"},
+                [q, *holdout_needs],
+                prof.name,
+            )
+            variants[-1]["holdout_evaluation"] = f"{h}.metrics"
+            variants[-1]["_needs"].append(h)
+        if parent:
+            pv = b.add(
+                f"parent@{prof.name}",
+                "registry-variant",
+                {"name": recipe.name, "version": parent, "profile": prof.name},
+                [],
+                prof.name,
+            )
+            label = f"{prof.name} {recipe.name}:{parent} on the hold-out"
+            h = b.add(
+                f"evaluate-parent@{prof.name}",
+                "evaluate",
+                {**on_holdout, "profile": prof.name, "model": f"{pv}.model", "label": label},
+                [pv, *holdout_needs],
+                prof.name,
+            )
+            variants[-1]["parent_holdout_evaluation"] = f"{h}.metrics"
+            variants[-1]["_needs"].append(h)
     if ev.reference:
         b.add(
             "evaluate@student-fp32",
@@ -282,3 +318,51 @@ def expand(
         needs,
     )
     return b.steps
+
+
+def _teacher_data(
+    b: _Steps, recipe: Recipe, train_ref: str, data_needs: list[str], source: str
+) -> tuple[str, list[str]]:
+    """The recipe-trained teacher's training data: the task's train split in every ``data.teacher_variants``."""
+    data = recipe.data
+    extra = [v for v in dict.fromkeys(data.teacher_variants) if v != data.variant]
+    if not extra:
+        return train_ref, list(data_needs)
+    sources, needs = [train_ref], list(data_needs)
+    for variant in extra:
+        cfg = {
+            "task": data.task,
+            "variant": variant,
+            "train_size": data.train_size,
+            "validation_size": data.validation_size,
+            "test_size": data.test_size,
+            "seed": data.seed,
+        }
+        needs.append(b.add(f"task-data@{variant}", "task-data", cfg, []))
+        sources.append(f"task-data@{variant}.train")
+    merged = b.add("merge-data@teacher", "merge-data", {"sources": sources, "require_response": True}, needs)
+    return f"{merged}.train", [*data_needs, merged]
+
+
+def _holdout_data(b: _Steps, recipe: Recipe, teacher_ref: str, teacher_needs: list[str]) -> tuple[str, list[str]]:
+    """The hold-out set every variant is scored on: ``evaluation.holdout``, answered by the teacher if any."""
+    holdout, teacher = recipe.evaluation.holdout, recipe.teacher
+    if not holdout:
+        return "", []
+    if teacher is None:
+        return holdout, []  # the file must carry the expected answers (checked by the evaluate stage)
+    cfg: dict[str, Any] = {
+        "prompts": holdout,
+        "temperature": 0.0,
+        "max_new_tokens": teacher.max_new_tokens,
+        "batch_size": teacher.batch_size,
+        "device": teacher.device,
+        "task": recipe.data.task,
+    }
+    if teacher.system_prompt is not None:
+        cfg["system_prompt"] = teacher.system_prompt
+    if teacher.endpoint is not None:
+        cfg["endpoint"] = teacher.endpoint
+    else:
+        cfg["teacher"] = teacher_ref
+    return b.add("label-holdout", "distill-data", cfg, list(teacher_needs)) + ".dataset", ["label-holdout"]

@@ -10,6 +10,7 @@ Overrides (``JobManager.submit(..., overrides=...)``; used by retrain/re-optimiz
   prompts, answered again by the teacher);
 - ``profiles: {NAME: {precision: int8, ...}}``: per-profile changes (fields of a profile entry below);
 - ``only_profiles: [NAME, ...]``: build just these profiles;
+- ``holdout_data: PATH``: held-out prompts every variant (and the parent version's) is scored on;
 - ``parent_version: "3"`` and any ``lineage: {...}`` keys: recorded in every variant's manifest;
 - any other top-level key: deep-merged into that part of the recipe (e.g. ``student: {max_steps: 200}``).
 """
@@ -46,9 +47,15 @@ class DataSection(_Section):
     validation: str = ""
     test: str = ""
     extra_train: list[str] = Field(default_factory=list)
+    # A recipe-trained teacher learns the task's train split in these variants (default: just ``variant``).
+    # The demo uses [base, shifted]: a stand-in for a general teacher that already knows phrasing the small
+    # student will only meet in production.
+    teacher_variants: list[Literal["base", "shifted"]] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _source(self) -> DataSection:
+        if self.teacher_variants and not self.task:
+            raise ValueError("'teacher_variants' needs 'task' (the bundled generator)")
         if self.task and (self.train or self.test):
             raise ValueError("give either 'task' (the bundled generator) or files 'train'/'test', not both")
         if not self.task and not (self.train and self.test):
@@ -106,6 +113,9 @@ class EvaluationSection(_Section):
     teacher_precision: Literal["fp32", "fp16", "int8", "int4"] = "fp32"
     teacher_execution_provider: str = "cpu"
     reference: bool = True
+    # JSONL of held-out prompts (e.g. sampled on devices; answers optional: the teacher labels prompts without
+    # one). Every variant, and the parent version's variant when lineage.parent_version is set, is scored on it.
+    holdout: str = ""
 
 
 class Recipe(_Section):
@@ -131,7 +141,7 @@ class Recipe(_Section):
 
 
 # --- loading -------------------------------------------------------------------------------------------
-_PATH_FIELDS = {"data": ("train", "validation", "test"), "teacher": ("folder",)}
+_PATH_FIELDS = {"data": ("train", "validation", "test"), "teacher": ("folder",), "evaluation": ("holdout",)}
 _PATH_KEYS = {"model", "tokenizer", "folder", "data", "validation", "test", "teacher"}
 
 
@@ -223,6 +233,8 @@ def apply_overrides(recipe: Recipe, overrides: dict[str, Any], source: str = "<r
     if "extra_train_data" in extra:
         raw["data"].setdefault("extra_train", [])
         raw["data"]["extra_train"] = [*raw["data"]["extra_train"], *map(str, extra.pop("extra_train_data"))]
+    if "holdout_data" in extra:
+        raw.setdefault("evaluation", {})["holdout"] = str(extra.pop("holdout_data"))
     entries = [e if isinstance(e, dict) else {"name": e} for e in raw["profiles"]]
     if "only_profiles" in extra:
         wanted = list(extra.pop("only_profiles"))

@@ -94,15 +94,20 @@ class PipelineRunner:
         stage = get_stage(step.stage)
         config = stage.parse_config(step.config, f"step '{step.id}'")
         inputs: dict[str, Path] = {}
+        exact: dict[str, Path] = {}
         upstream: dict[str, dict[str, Any]] = {}
         for need in step.needs:
             prev = done.outcomes[need]
             for name, path in prev.outputs.items():
                 inputs[f"{prev.step.stage}.{name}"] = path
-                inputs[f"{need}.{name}"] = path
                 inputs[name] = path
+                exact[f"{need}.{name}"] = path
             upstream[prev.step.stage] = prev.metrics
-            upstream[need] = prev.metrics
+        for need in step.needs:
+            upstream[need] = done.outcomes[need].metrics
+        # "<step id>.<output>" always names that step's output, even when another step of the same stage
+        # ("task-data@shifted" beside "task-data") is also needed.
+        inputs.update(exact)
         config_json = config.model_dump(mode="json")
         cacheable = self.cache is not None and getattr(stage, "cacheable", True)
         key = ""

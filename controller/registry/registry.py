@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -213,4 +215,27 @@ class Registry:
         if check_blobs:
             for entry in manifest.files:
                 verify_file(self.blobs.blob_path(entry.sha256), entry)
+        return manifest
+
+    def materialize(self, name: str, version: str, profile: str, dest: Path) -> Manifest:
+        """Write the variant's files (checked against its signed manifest) into the empty folder ``dest``.
+
+        Files are hard links to the blobs where the filesystem allows (read-only use), copies otherwise.
+        """
+        row = self.variant(name, version, profile)
+        manifest = self.verify_variant(row, check_blobs=True)
+        dest = Path(dest)
+        dest.mkdir(parents=True, exist_ok=True)
+        root = dest.resolve()
+        for entry in manifest.files:
+            target = (dest / entry.path).resolve()
+            if not target.is_relative_to(root) or target == root:
+                raise IntegrityError(f"manifest of {row.name}:{row.version}/{profile}: unsafe path {entry.path!r}")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.unlink(missing_ok=True)
+            source = self.blobs.blob_path(entry.sha256)
+            try:
+                os.link(source, target)
+            except OSError:
+                shutil.copyfile(source, target)
         return manifest

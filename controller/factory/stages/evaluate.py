@@ -1,7 +1,8 @@
 """Stage ``evaluate``: measure one onnxruntime-genai model on the test split, in a child process.
 
 Roles: ``variant`` (a profile's deployed build), ``reference`` (the pre-quantization student, fp32) and
-``teacher`` (the teacher built at fp32). All are measured the same way so the report can compare them.
+``teacher`` (the teacher built at fp32), and ``holdout`` (a variant, or the parent version's, on held-out
+production prompts). All are measured the same way so the report can compare them.
 A variant whose execution provider this machine lacks (e.g. CUDA here) is recorded as skipped.
 """
 
@@ -28,7 +29,7 @@ class EvaluateConfig(StageConfig):
     # Earlier stage output (or absolute path) of the JSONL test set.
     data: str = "test"
     task: str = ""
-    role: Literal["variant", "reference", "teacher"] = "variant"
+    role: Literal["variant", "reference", "teacher", "holdout"] = "variant"
     profile: str = ""
     precision: str = ""
     label: str = ""

@@ -35,6 +35,9 @@ class PublishVariant(BaseModel):
     evaluation: str = ""
     golden: str = ""
     adapter_of: str = ""
+    # metrics.json of this variant, and of the parent version's variant, on the hold-out set ("" = none).
+    holdout_evaluation: str = ""
+    parent_holdout_evaluation: str = ""
 
 
 class PublishConfig(StageConfig):
@@ -78,6 +81,7 @@ class PublishStage(Stage):
                 metrics = _read_json(resolve_input(ctx, v.evaluation))
                 if metrics.get("skipped"):
                     log.warning("variant %s is published without metrics: %s", v.profile, metrics.get("reason"))
+            metrics.update(_holdout_metrics(ctx, v))
             golden = _read_json(resolve_input(ctx, v.golden)) if v.golden else []
             specs.append(
                 VariantSpec(
@@ -102,6 +106,19 @@ class PublishStage(Stage):
         out.write_text(json.dumps({"name": config.name, "version": version}))
         ctx.progress(Progress(self.name, 1, 1, message=f"published {config.name}:{version}"))
         return StageResult(outputs={"published": out}, metrics={"name": config.name, "version": version})
+
+
+def _holdout_metrics(ctx: StageContext, v: PublishVariant) -> dict[str, float]:
+    """``holdout_accuracy``/``holdout_n`` and the parent's ``parent_holdout_accuracy`` (what the loop compares)."""
+    out: dict[str, float] = {}
+    for prefix, ref in (("holdout", v.holdout_evaluation), ("parent_holdout", v.parent_holdout_evaluation)):
+        if not ref:
+            continue
+        m = _read_json(resolve_input(ctx, ref))
+        if not m.get("skipped"):
+            out[f"{prefix}_accuracy"] = float(m["accuracy"])
+            out[f"{prefix}_n"] = float(m.get("n", 0))
+    return out
 
 
 def _sha(path: Path) -> str:

@@ -40,3 +40,25 @@ def test_merge_data_bad_record_fails_the_step(tmp_path: Path) -> None:
         PipelineRunner(tmp_path / "job", StageCache(tmp_path / "cache")).run(
             [PipelineStep("merge-data", "merge-data", {"sources": [bad]})]
         )
+
+
+def test_a_step_output_is_found_by_its_step_id_beside_a_same_stage_step(tmp_path: Path) -> None:
+    """Two task-data steps feed one merge: "task-data.train" must name the base split, not the shifted one."""
+    sizes = {"task": "smart-building", "train_size": 6, "validation_size": 2, "test_size": 2}
+    steps = [
+        PipelineStep("task-data", "task-data", sizes),
+        PipelineStep("task-data@shifted", "task-data", {**sizes, "variant": "shifted"}),
+        PipelineStep(
+            "merge",
+            "merge-data",
+            {"sources": ["task-data.train", "task-data@shifted.train"], "require_response": True},
+            ["task-data", "task-data@shifted"],
+        ),
+    ]
+    res = PipelineRunner(tmp_path / "job", StageCache(tmp_path / "cache")).run(steps)
+    base = res.outcomes["task-data"].outputs["train"].read_text().splitlines()
+    shifted = res.outcomes["task-data@shifted"].outputs["train"].read_text().splitlines()
+    merged = res.outcomes["merge"].outputs["train"].read_text().splitlines()
+    assert set(base).isdisjoint(shifted)
+    assert merged == base + shifted
+    assert res.outcomes["merge"].metrics["per_source"] == {"task-data.train": 6, "task-data@shifted.train": 6}

@@ -50,7 +50,8 @@ def test_demo_recipe_expands_and_validates() -> None:
     steps = expand_recipe(recipe, PROFILES, job_id="j1")
     validate_pipeline(steps, {"profiles": PROFILES}, "demo.yaml")
     ids = [s.id for s in steps]
-    assert ids[:4] == ["task-data", "train-teacher", "distill-data", "train-student"]
+    assert ids[:6] == ["task-data", "task-data@shifted", "merge-data@teacher", "train-teacher", "distill-data",
+                       "train-student"]  # fmt: skip
     assert {"quantize@cpu-int4", "quantize@cpu-fp32", "evaluate@teacher", "evaluate@student-fp32"} <= set(ids)
     assert ids[-1] == "publish"
     by_id = {s.id: s for s in steps}
@@ -197,6 +198,49 @@ def test_overrides_for_retrain_and_reoptimize(tmp_path: Path) -> None:
     assert changed_ids == ["quantize@cpu-int4"]
     # the stored effective recipe reloads to the same recipe
     assert load_recipe(dump_recipe(changed, {"parent_version": "3"}), "r.yaml") == changed
+
+
+def test_teacher_variants_and_holdout_against_the_parent(tmp_path: Path) -> None:
+    holdout = tmp_path / "holdout.jsonl"
+    holdout.write_text(json.dumps({"prompt": "kill the lamps in lab 4"}) + "\n")
+    raw = _with(data={**BASE["data"], "teacher_variants": ["base", "shifted"]})  # type: ignore[dict-item]
+    recipe = apply_overrides(
+        load_recipe(yaml.safe_dump(raw), "r.yaml"), {"holdout_data": holdout, "parent_version": "2"}
+    )
+    steps = {s.id: s for s in expand_recipe(recipe, PROFILES)}
+    validate_pipeline(list(steps.values()), {"profiles": PROFILES}, "r.yaml")
+    # the teacher learns both variants; the student still learns only the teacher's answers to the prompts
+    assert steps["task-data@shifted"].config["variant"] == "shifted"
+    assert steps["merge-data@teacher"].config["sources"] == ["task-data.train", "task-data@shifted.train"]
+    assert steps["train-teacher"].config["data"] == "merge-data@teacher.train"
+    assert steps["distill-data"].config["prompts"] == "task-data.train"
+    # the teacher answers the hold-out prompts; new and parent variants are scored on those answers
+    assert steps["label-holdout"].config["prompts"] == str(holdout)
+    assert steps["label-holdout"].config["teacher"] == "train-teacher.model"
+    for profile in ("cpu-int4", "cpu-fp32"):
+        ours, theirs = steps[f"evaluate-holdout@{profile}"].config, steps[f"evaluate-parent@{profile}"].config
+        assert ours["data"] == theirs["data"] == "label-holdout.dataset"
+        assert ours["model"] == f"quantize@{profile}.model" and theirs["model"] == f"parent@{profile}.model"
+        assert ours["role"] == theirs["role"] == "holdout"
+        assert steps[f"parent@{profile}"].config == {"name": "t", "version": "2", "profile": profile}
+    published = {v["profile"]: v for v in steps["publish"].config["variants"]}
+    assert published["cpu-int4"]["parent_holdout_evaluation"] == "evaluate-parent@cpu-int4.metrics"
+    assert {"evaluate-holdout@cpu-int4", "evaluate-parent@cpu-fp32"} <= set(steps["publish"].needs)
+    # without a parent version only the new variants are scored
+    alone = {s.id for s in expand_recipe(apply_overrides(load_recipe(yaml.safe_dump(raw), "r.yaml"),
+                                                          {"holdout_data": holdout}), PROFILES)}  # fmt: skip
+    assert "evaluate-holdout@cpu-int4" in alone and "parent@cpu-int4" not in alone
+
+
+def test_teacher_variants_need_a_trained_teacher(tmp_path: Path) -> None:
+    folder = tmp_path / "teacher"
+    folder.mkdir()
+    raw = _with(data={**BASE["data"], "teacher_variants": ["shifted"]}, teacher={"folder": str(folder)})  # type: ignore[dict-item]
+    with pytest.raises(RecipeError, match=r"data\.teacher_variants.*teacher\.train"):
+        expand_recipe(load_recipe(yaml.safe_dump(raw), "r.yaml"), PROFILES, source="r.yaml")
+    files = _with(data={"train": "a.jsonl", "test": "b.jsonl", "teacher_variants": ["shifted"]})
+    with pytest.raises(RecipeError, match=r"teacher_variants.*needs 'task'"):
+        load_recipe(yaml.safe_dump(files), "r.yaml")
 
 
 def test_submit_validates_before_queuing(sqlite_store: Store, tmp_path: Path) -> None:

@@ -126,6 +126,24 @@ def test_tampered_manifest_fails_verification(registry: Registry, tmp_path: Path
         registry.verify_variant(good)
 
 
+def test_materialize_writes_the_checked_variant(registry: Registry, tmp_path: Path) -> None:
+    specs = _specs(tmp_path)
+    registry.publish("demo", specs, {})
+    out = tmp_path / "out"
+    manifest = registry.materialize("demo", "1", "cpu-int4", out)
+    assert sorted(f.path for f in manifest.files) == ["genai_config.json", "model.onnx", "sub/tokenizer.json"]
+    for f in manifest.files:
+        assert (out / f.path).read_bytes() == (specs[0].folder / f.path).read_bytes()
+    with pytest.raises(NotFound, match="no variant for profile 'cuda-fp16'"):
+        registry.materialize("demo", "1", "cuda-fp16", tmp_path / "none")
+    # a damaged blob is refused, not handed to an evaluation
+    blob = registry.blobs.path(next(f.sha256 for f in manifest.files if f.path == "model.onnx"))
+    blob.chmod(0o644)
+    blob.write_bytes(b"evil" * 50)
+    with pytest.raises(IntegrityError, match=r"model\.onnx"):
+        registry.materialize("demo", "1", "cpu-int4", tmp_path / "again")
+
+
 def test_failed_publish_leaves_registry_unchanged(registry: Registry, tmp_path: Path) -> None:
     registry.publish("demo", _specs(tmp_path, "a"), {})
     specs = _specs(tmp_path, "b")
