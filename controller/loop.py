@@ -43,10 +43,27 @@ def _source_job(app: ControllerApp, name: str, version: str) -> Job:
     return job
 
 
-def _active_job_for(app: ControllerApp, name: str) -> Job | None:
+def _answering_job(app: ControllerApp, name: str, version: str) -> Job | None:
+    """A job already answering drift on ``name:version``: a retrain or re-optimize of the model still running,
+    or a finished retrain from this very version whose result is (or is about to be) rolled out."""
+    states = (*ACTIVE_JOB_STATES, "SUCCEEDED")
     with app.store.session() as s:
-        jobs = s.exec(select(Job).where(Job.state.in_(ACTIVE_JOB_STATES), Job.kind != "build")).all()  # type: ignore[attr-defined]
-    return next((job for job in jobs if (yaml.safe_load(job.recipe_yaml) or {}).get("name") == name), None)
+        jobs = s.exec(select(Job).where(Job.state.in_(states), Job.kind != "build")).all()  # type: ignore[attr-defined]
+        outcomes = {
+            k.key: k.value
+            for k in s.exec(select(KeyValue).where(KeyValue.key.startswith("loop:promoted:"))).all()  # type: ignore[attr-defined]
+        }
+    for job in sorted(jobs, key=lambda j: j.state not in ACTIVE_JOB_STATES):
+        recipe = yaml.safe_load(job.recipe_yaml) or {}
+        if recipe.get("name") != name:
+            continue
+        if job.state in ACTIVE_JOB_STATES:
+            return job
+        parent = str((recipe.get("lineage") or {}).get("parent_version", ""))
+        outcome = outcomes.get(f"loop:promoted:{job.job_id}")
+        if job.kind == "retrain" and parent == version and (outcome is None or outcome.startswith("canary")):
+            return job
+    return None
 
 
 def export_sampled_prompts(app: ControllerApp, name: str, out_dir: Path) -> tuple[Path, Path, int]:
@@ -83,10 +100,11 @@ class LoopActions:
     def retrain(self, event: DriftEventRow) -> str:
         """Distill again with the prompts devices sampled, evaluated on a held-out share of them."""
         app, name, version = self.app, event.model_name, event.model_version
-        running = _active_job_for(app, name)
-        if running is not None:
-            log.info("drift %s: retrain of %s already running as job %s", event.event_id, name, running.job_id)
-            return running.job_id
+        answering = _answering_job(app, name, version)
+        if answering is not None:
+            log.info("drift %s: %s:%s is already being retrained (job %s, %s)", event.event_id, name, version,
+                     answering.job_id, answering.state)  # fmt: skip
+            return answering.job_id
         source = _source_job(app, name, version)
         work = app.settings.data_dir / "loop" / event.event_id
         train, holdout, count = export_sampled_prompts(app, name, work)

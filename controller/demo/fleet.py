@@ -20,6 +20,8 @@ from shared.errors import Unavailable
 from shared.pb import admin_pb2
 
 log = logging.getLogger(__name__)
+# Agents report a telemetry window every TELEMETRY_WINDOW_S seconds (the default is 60 s; demos run minutes).
+TELEMETRY_WINDOW_S = 5
 
 
 def free_port() -> int:
@@ -89,7 +91,7 @@ class LocalFleet:
         args = [
             sys.executable, "-m", "controller.cli.main", "agent", "run",
             "--controller", self.server.address, "--data-dir", str(data_dir), "--token", token,
-            "--listen", f"127.0.0.1:{port}", "--no-foundry-check", "--telemetry-window", "5",
+            "--listen", f"127.0.0.1:{port}", "--no-foundry-check", "--telemetry-window", str(TELEMETRY_WINDOW_S),
         ]  # fmt: skip
         tls = self.server.app.tls
         args += ["--ca-cert", str(tls.ca_path)] if tls else ["--insecure"]

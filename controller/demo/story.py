@@ -19,10 +19,12 @@ from controller.cli.builds import follow
 from controller.cli.common import console
 from controller.cli.fleet import devices_table
 from controller.cli.rollouts import print_rollout
-from controller.demo.fleet import LocalFleet
-from controller.demo.traffic import Answer, Traffic, accuracy, p50_latency
+from controller.demo.fleet import TELEMETRY_WINDOW_S, LocalFleet
+from controller.demo.traffic import POOL_SIZE, Answer, Traffic, accuracy, p50_latency
+from controller.drift.config import config_for
 from shared.errors import Unavailable
 from shared.pb import admin_pb2, common_pb2
+from shared.profiles import load_profiles
 
 ROOT = Path(__file__).resolve().parents[2]
 DONE = {admin_pb2.ROLLOUT_STATE_SUCCEEDED}
@@ -59,12 +61,24 @@ def wait_version(fleet: LocalFleet, version: str, timeout: float = 60) -> None:
         time.sleep(0.5)
 
 
-def traffic_round(fleet: LocalFleet, variant: str, n: int, show: int = 0) -> dict[str, list[Answer]]:
-    """``n`` requests per agent, agents in parallel (as separate clients would)."""
+def production_clients(fleet: LocalFleet, start: int = 0) -> list[Traffic]:
+    """One production client per agent, each on its own stretch of the prompt pool."""
+    share = POOL_SIZE // max(1, len(fleet.agents))
+    return [Traffic(a.base_url, stream_start=start + i * share) for i, a in enumerate(fleet.agents)]
+
+
+def traffic_round(
+    fleet: LocalFleet, variant: str, n: int, show: int = 0, production: list[Traffic] | None = None
+) -> dict[str, list[Answer]]:
+    """``n`` requests per agent, agents in parallel (as separate clients would): the fixed measurement set,
+    or with ``production`` clients the next fresh prompts of each client's stream."""
     results: dict[str, list[Answer]] = {}
 
     def one(agent_index: int) -> None:
         agent = fleet.agents[agent_index]
+        if production is not None:
+            results[agent.name] = production[agent_index].stream(variant, n)
+            return
         traffic = Traffic(agent.base_url)
         try:
             results[agent.name] = traffic.run(variant, n)
@@ -107,12 +121,12 @@ class BackgroundTraffic:
         self.thread = threading.Thread(target=self._run, name="demo-traffic", daemon=True)
 
     def _run(self) -> None:
-        clients = [Traffic(a.base_url) for a in self.fleet.agents]
+        clients = production_clients(self.fleet, start=POOL_SIZE // 2)
         try:
             while not self.stop.is_set():
                 for client in clients:
                     try:
-                        client.run(self.variant, 2, offset=int(time.time()) % 50)
+                        client.stream(self.variant, 2)
                     except Exception:
                         client.model_id = ""
                         self.stop.wait(0.5)
@@ -140,14 +154,28 @@ def roll_out(fleet: LocalFleet, model: common_pb2.ModelRef) -> None:
     wait_version(fleet, model.version)
 
 
-def wait_for_drift(fleet: LocalFleet, n: int, timeout: float = 240) -> list[admin_pb2.DriftEvent]:
-    """Keep shifted traffic flowing until the controller records a drift event."""
+def baseline_seconds(options: DemoOptions) -> float:
+    """How long the base traffic must flow after a rollout for the controller to learn the drift baseline:
+    the profiles' ``baseline_windows`` telemetry windows, plus two for the windows in flight."""
+    profiles = load_profiles(options.profiles_dir)
+    windows = max(config_for(profiles[name]).baseline_windows for name in options.agents if name in profiles)
+    return (windows + 2) * TELEMETRY_WINDOW_S
+
+
+def wait_for_drift(
+    fleet: LocalFleet, n: int, production: list[Traffic], timeout: float = 240
+) -> list[admin_pb2.DriftEvent]:
+    """Keep shifted traffic flowing until the controller records a drift event and its policy acts on it."""
     deadline = time.time() + timeout
+    first_seen = 0.0
     while time.time() < deadline:
-        traffic_round(fleet, "shifted", n)
+        traffic_round(fleet, "shifted", n, production=production)
         events = fleet.admin("ListDriftEvents", admin_pb2.ListDriftEventsRequest()).events  # type: ignore[attr-defined]
-        if events:
+        if any(e.job_id for e in events):
             return list(events)
+        first_seen = first_seen or (time.time() if events else 0.0)
+        if first_seen and time.time() - first_seen > 30:
+            return list(events)  # detected, but the policy started no job (cooldown, approval mode, ...)
     raise Unavailable(f"no drift detected within {timeout:.0f}s of shifted traffic")
 
 
@@ -185,11 +213,15 @@ def run_demo(options: DemoOptions) -> int:
             table.add_row(*summary_row(f"base / {model.version}", before))
             console.print(table)
             return 0
-        for _ in range(2):  # enough windows for the drift baseline
-            traffic_round(fleet, "base", options.requests)
+        learn_s = baseline_seconds(options)
+        console.print(f"base traffic for {learn_s:.0f} s: the controller learns each version's drift baseline")
+        production = production_clients(fleet)
+        deadline = time.time() + learn_s
+        while time.time() < deadline:
+            traffic_round(fleet, "base", options.requests, production=production)
         console.rule("4. the traffic shifts (new vocabulary, phrasing, slot values)")
         shifted = traffic_round(fleet, "shifted", options.requests, show=3)
-        events = wait_for_drift(fleet, options.requests // 2)
+        events = wait_for_drift(fleet, options.requests // 2, production)
         for e in events:
             console.print(f"drift {e.event_id}: {e.kind} on {e.profile} ({e.detector}/{e.metric} "
                           f"{e.statistic:.3g} > {e.threshold:.3g}) -> {e.action} {e.job_id}")  # fmt: skip

@@ -9,6 +9,8 @@ import httpx
 
 from controller.factory.tasks import get_task
 
+POOL_SIZE = 3000  # distinct production prompts per variant
+
 
 @dataclass
 class Answer:
@@ -23,10 +25,13 @@ class Answer:
 class Traffic:
     """Sends the task's prompts (base or shifted variant) to one agent and scores the answers."""
 
-    def __init__(self, base_url: str, task: str = "smart-building", seed: int = 7) -> None:
+    def __init__(self, base_url: str, task: str = "smart-building", seed: int = 7, stream_start: int = 0) -> None:
         self.base_url = base_url
         self.task = get_task(task)
         self.seed = seed
+        self.stream_start = stream_start
+        self._pools: dict[str, list[dict[str, str]]] = {}
+        self._cursor: dict[str, int] = {}
         self.client = httpx.Client(timeout=60)
         self.model_id = ""
 
@@ -48,7 +53,21 @@ class Traffic:
         return response.json()["choices"][0]["message"]["content"], (time.perf_counter() - start) * 1000
 
     def run(self, variant: str, n: int, offset: int = 0) -> list[Answer]:
-        records = self.task.generate("test", n + offset, seed=self.seed, variant=variant)[offset:]
+        """The measurement set: the first ``n`` prompts of the variant's test split (the same on every call)."""
+        return self._send(self.task.generate("test", n + offset, seed=self.seed, variant=variant)[offset:])
+
+    def stream(self, variant: str, n: int) -> list[Answer]:
+        """Production traffic: the next ``n`` fresh prompts (validation split, disjoint from the measurement
+        set), continuing where the last call stopped; ``stream_start`` spreads clients over the pool."""
+        if variant not in self._pools:
+            self._pools[variant] = self.task.generate("validation", POOL_SIZE, seed=self.seed + 1, variant=variant)
+            self._cursor[variant] = self.stream_start % POOL_SIZE
+        pool, start = self._pools[variant], self._cursor[variant]
+        records = [pool[(start + i) % POOL_SIZE] for i in range(n)]
+        self._cursor[variant] = (start + n) % POOL_SIZE
+        return self._send(records)
+
+    def _send(self, records: list[dict[str, str]]) -> list[Answer]:
         answers = []
         for rec in records:
             try:

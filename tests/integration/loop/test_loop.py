@@ -51,6 +51,10 @@ def test_drift_retrain_then_canary(app, tiny_og_model: dict[str, Path]) -> None:
     job = app.jobs.get(job_id)
     assert job.kind == "retrain" and job.drift_event_id == "drift-t1"
     recipe = yaml.safe_load(job.recipe_yaml.split("\n", 1)[1])
+    # a held-out share of the sampled prompts scores the new variants against v1's
+    holdout = Path(recipe["evaluation"]["holdout"])
+    held = [json.loads(x)["prompt"] for x in holdout.read_text().splitlines()]
+    assert held and recipe["lineage"]["parent_version"] == v1
     extra = recipe["data"]["extra_train"]
     assert len(extra) == 1 and Path(extra[0]).exists()
     lines = [json.loads(x)["prompt"] for x in Path(extra[0]).read_text().splitlines()]
@@ -73,6 +77,10 @@ def test_drift_retrain_then_canary(app, tiny_og_model: dict[str, Path]) -> None:
     rollout = rollouts.get_rollout(app.store, created[0])
     assert rollout.model_version == v2 and rollout.drift_event_id == "drift-t1"
     assert promote_finished_jobs(app) == []  # once only
+    # Drift seen on v1 by another profile after the retrain finished: v2 already answers it, no second retrain.
+    late = DriftEventRow(event_id="drift-t1b", profile="cpu-fp32", model_name="smart-building-demo",
+                         model_version=v1, kind="quality", detector="ph", detected_at=time.time())  # fmt: skip
+    assert LoopActions(app).retrain(late) == job_id
 
 
 def test_regressing_retrain_is_not_rolled_out(app, tiny_og_model: dict[str, Path]) -> None:  # type: ignore[no-untyped-def]
@@ -93,6 +101,41 @@ def test_regressing_retrain_is_not_rolled_out(app, tiny_og_model: dict[str, Path
         s.add(row)
     assert promote_finished_jobs(app) == []
     assert rollouts.list_rollouts(app.store) == []
+    # v2 was not rolled out, so drift seen again on v1 starts a new retrain instead of pointing at v2's job
+    with app.store.session() as s:
+        s.add(SampledPrompt(profile="cpu-int4", model_name="smart-building-demo", model_version=v1,
+                            prompt="kill the lamps in lab 9"))  # fmt: skip
+    again = DriftEventRow(event_id="drift-t3", profile="cpu-int4", model_name="smart-building-demo",
+                          model_version=v1, kind="input", detected_at=time.time())  # fmt: skip
+    assert LoopActions(app).retrain(again) not in ("", retrain.job_id)
+
+
+@pytest.mark.parametrize(("ours", "theirs", "promoted"), [(0.6, 0.4, True), (0.4, 0.4, False), (0.3, 0.5, False)])
+def test_promotion_compares_on_the_held_out_production_prompts(  # type: ignore[no-untyped-def]
+    app, tiny_og_model: dict[str, Path], ours: float, theirs: float, promoted: bool
+) -> None:
+    v1 = _publish(app, tiny_og_model["int4"], 0.9, _build_job(app).job_id)
+    retrain = _build_job(app)
+    metrics = {"accuracy": 0.9, "holdout_accuracy": ours, "parent_holdout_accuracy": theirs}
+    spec = VariantSpec("cpu-int4", "int4", "cpu", tiny_og_model["int4"], metrics=metrics)
+    v2 = app.registry.publish("smart-building-demo", [spec], {"parent_version": v1}, job_id=retrain.job_id)
+    with app.store.session() as s:
+        s.add(Device(agent_id="agt-1", hostname="h", profile="cpu-int4", last_seen=time.time()))
+        s.add(DriftEventRow(event_id="drift-h", profile="cpu-int4", model_name="smart-building-demo",
+                            model_version=v1, kind="input"))  # fmt: skip
+        row = s.get(Job, retrain.job_id)
+        row.state, row.result_name, row.result_version, row.drift_event_id = (
+            "SUCCEEDED",
+            "smart-building-demo",
+            v2,
+            "drift-h",
+        )
+        s.add(row)
+    created = promote_finished_jobs(app)
+    assert bool(created) is promoted
+    if promoted:
+        reason = rollouts.get_rollout(app.store, created[0]).reason
+        assert f"held-out prompts {ours:.3f} vs {theirs:.3f}" in reason
 
 
 def test_retrain_without_sampled_prompts_says_how_to_enable_them(app, tiny_og_model: dict[str, Path]) -> None:  # type: ignore[no-untyped-def]
