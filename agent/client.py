@@ -10,6 +10,7 @@ from typing import TypeVar
 
 import grpc
 
+from agent.install.grpc_fetch import CHANNEL_OPTIONS as DOWNLOAD_CHANNEL_OPTIONS
 from shared.errors import InvalidArgument, PermissionDenied, SlmopsError, Unauthenticated, Unavailable, UnknownProfile
 from shared.pb import agent_pb2, agent_pb2_grpc
 
@@ -17,7 +18,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", 8 * 1024 * 1024),
+    *DOWNLOAD_CHANNEL_OPTIONS,  # artifact chunks up to 8 MiB, big HTTP/2 frames, streams read on the caller
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.enable_retries", 1),
 ]

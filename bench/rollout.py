@@ -1,6 +1,7 @@
 """Rollout benchmark, transfer part: artifact download through gRPC against raw loopback TCP, in one run.
 
 ``python bench/rollout.py [--size-mb 100] [--agents 20] [--repeats 7] [--slots 4] [--no-malloc-tuning]``
+``python bench/rollout.py --quick``: only the one-agent comparison (no protobuf server, no fleet), 5 repeats.
 
 1. Raw TCP baseline: a child process reads the blob file and writes it to a socket; this process receives it
    into a file (the same work an artifact transfer does, minus the protocol). Also memory-to-memory TCP.
@@ -10,6 +11,9 @@
    tuning the agent applies at start (``tune_malloc_for_streaming``). TCP and gRPC runs alternate,
    so both see the same machine load. Chunks go out pre-encoded (``wire=True``); the same server with
    protobuf messages is measured alongside for comparison.
+   A download ends with an fsync (the file must survive a crash before it is installed); the TCP baseline
+   does not. ``durable_write_mb_s`` shows what that costs: the blob copied locally into a new file with the
+   downloader's writeback and final fsync, no network. A download cannot be faster than that.
 3. Fleet: ``--agents`` downloaders (threads in one child process, each with its own connection) fetch the
    blob at once through the controller's download gate, while this process calls a cheap unary RPC in a
    loop: total time, aggregate throughput, and that RPC's p50/p99 latency idle and during the downloads.
@@ -40,6 +44,7 @@ sys.path.insert(0, str(REPO))
 import grpc  # noqa: E402
 
 from agent.install.grpc_fetch import CHANNEL_OPTIONS, grpc_fetch  # noqa: E402
+from agent.install.stream import Writeback  # noqa: E402
 from agent.install.transfer import RetryPolicy, download_file  # noqa: E402
 from agent.install.tuning import tune_malloc_for_streaming  # noqa: E402
 from controller.registry.blobs import BlobStore  # noqa: E402
@@ -147,6 +152,29 @@ def tcp_memory_transfer(address: str, expected: int) -> float:
     if got != expected:
         raise RuntimeError(f"TCP baseline moved {got} of {expected} bytes")
     return got / (time.perf_counter() - started) / MB
+
+
+def durable_write(src: Path, dest: Path) -> float:
+    """Copy ``src`` into a new file ``dest`` the way the downloader writes (writeback started as it goes, fsync
+    at the end), without any network; returns MB/s: the ceiling of a durable download on this disk."""
+    buf = bytearray(BUF)
+    view = memoryview(buf)
+    got = 0
+    started = time.perf_counter()
+    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    try:
+        writeback = Writeback(fd, 0)
+        with open(src, "rb") as fh:
+            while n := fh.readinto(buf):
+                os.write(fd, view[:n])
+                got += n
+                writeback.wrote(got)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    elapsed = time.perf_counter() - started
+    dest.unlink()
+    return got / elapsed / MB
 
 
 def agent_channel(address: str, own_connection: bool = False) -> grpc.Channel:
@@ -289,26 +317,34 @@ def run(args: argparse.Namespace) -> dict:
     switch = str(args.switch_interval_ms)
     tcp_proc, tcp_addr = _spawn("serve-tcp", str(blob))
     grpc_proc, grpc_addr = _spawn("serve-blobs", *server_args, "wire", switch)
-    pb_proc, pb_addr = _spawn("serve-blobs", *server_args, "protobuf", switch)
+    procs = [tcp_proc, grpc_proc]
+    if not args.quick:
+        pb_proc, pb_addr = _spawn("serve-blobs", *server_args, "protobuf", switch)
+        procs.append(pb_proc)
     try:
-        channel, pb_channel = agent_channel(grpc_addr), agent_channel(pb_addr)
+        channel = agent_channel(grpc_addr)
+        pb_channel = None if args.quick else agent_channel(pb_addr)
         grpc_transfer(channel, entry, work / "dl")  # warm-up: connections, page cache, BDP window
-        grpc_transfer(pb_channel, entry, work / "dl")
+        if pb_channel is not None:
+            grpc_transfer(pb_channel, entry, work / "dl")
         tcp_file_transfer(tcp_addr, work / "tcp.out", size)
-        tcp_runs, grpc_runs, pb_runs = [], [], []
+        tcp_runs, grpc_runs, pb_runs, disk_runs = [], [], [], []
         for _ in range(args.repeats):  # alternate, so all see the same load on a shared machine
             tcp_runs.append(tcp_file_transfer(tcp_addr, work / "tcp.out", size))
             grpc_runs.append(grpc_transfer(channel, entry, work / "dl"))
-            pb_runs.append(grpc_transfer(pb_channel, entry, work / "dl"))
+            if pb_channel is not None:
+                pb_runs.append(grpc_transfer(pb_channel, entry, work / "dl"))
+            disk_runs.append(durable_write(blob, work / "disk.out"))
         tcp_mem = max(tcp_memory_transfer(tcp_addr, size) for _ in range(args.repeats))
         channel.close()
-        pb_channel.close()
+        if pb_channel is not None:
+            pb_channel.close()
         idle = idle_rpc(grpc_addr)
         fleet_figures = (
             concurrent_downloads(grpc_addr, entry, args.agents, work / "fleet", tuned) if args.agents else {}
         )
     finally:
-        for proc in (tcp_proc, grpc_proc, pb_proc):
+        for proc in procs:
             proc.kill()
             proc.wait()
     tcp_best, grpc_best = max(tcp_runs), max(grpc_runs)
@@ -324,10 +360,14 @@ def run(args: argparse.Namespace) -> dict:
         "grpc_mb_s": round(grpc_best, 1),
         "tcp_file_mb_s": round(tcp_best, 1),
         "tcp_memory_mb_s": round(tcp_mem, 1),
-        "grpc_protobuf_mb_s": round(max(pb_runs), 1),
+        "grpc_protobuf_mb_s": round(max(pb_runs), 1) if pb_runs else None,
+        "durable_write_mb_s": round(max(disk_runs), 1),
+        # Best download against the best local durable write: how close the transfer is to the disk's limit.
+        "transfer_vs_durable_write": round(grpc_best / max(disk_runs), 3),
         "grpc_runs_mb_s": [round(x, 1) for x in grpc_runs],
         "grpc_protobuf_runs_mb_s": [round(x, 1) for x in pb_runs],
         "tcp_runs_mb_s": [round(x, 1) for x in tcp_runs],
+        "durable_write_runs_mb_s": [round(x, 1) for x in disk_runs],
         "idle_rpc_p50_ms": idle["rpc_p50_ms"],
         "idle_rpc_p99_ms": idle["rpc_p99_ms"],
         "fleet": fleet_figures,
@@ -358,12 +398,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--switch-interval-ms", type=float, default=0, help="controller's GIL switch interval")
     ap.add_argument("--no-malloc-tuning", action="store_true", help="agent side without tune_malloc_for_streaming()")
     ap.add_argument("--work", help="scratch folder (default: a new temp folder)")
+    ap.add_argument("--quick", action="store_true", help="one agent only: no protobuf server, no fleet, 5 repeats")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.agents, args.repeats = 0, min(args.repeats, 5)
     figures = run(args)
     fl = figures["fleet"]
     print(
         f"one agent: gRPC {figures['grpc_mb_s']} MB/s, TCP file-to-file {figures['tcp_file_mb_s']} MB/s, "
-        f"TCP memory {figures['tcp_memory_mb_s']} MB/s -> transfer_vs_tcp {figures['transfer_vs_tcp']}"
+        f"TCP memory {figures['tcp_memory_mb_s']} MB/s -> transfer_vs_tcp {figures['transfer_vs_tcp']}; "
+        f"local write + fsync {figures['durable_write_mb_s']} MB/s"
     )
     if fl:
         print(

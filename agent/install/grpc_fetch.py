@@ -16,8 +16,16 @@ from shared.errors import InvalidArgument
 from shared.pb import agent_pb2
 
 DOWNLOAD_METHOD = "/slmops.v1.AgentService/DownloadArtifact"
-# Room for chunks up to 8 MiB (the server sends 1 MiB by default).
-CHANNEL_OPTIONS: list[tuple[str, Any]] = [("grpc.max_receive_message_length", 8 << 20)]
+# Options for a channel that downloads (harmless to the unary RPCs on the same channel):
+CHANNEL_OPTIONS: list[tuple[str, Any]] = [
+    # Room for chunks up to 8 MiB (the server sends 1 MiB by default).
+    ("grpc.max_receive_message_length", 8 << 20),
+    # Server-streaming calls are read on the calling thread instead of through the channel's spin thread:
+    # one thread hand-off less per chunk (~15% more throughput on loopback).
+    ("SingleThreadedUnaryStream", 1),  # grpc.experimental.ChannelOptions.SingleThreadedUnaryStream
+    # Let the server send HTTP/2 DATA frames of up to 16 MiB instead of 16 KiB: far fewer frames per chunk.
+    ("grpc.http2.max_frame_size", (16 << 20) - 1),
+]
 
 Metadata = Sequence[tuple[str, str]]
 
@@ -84,24 +92,34 @@ def parse_chunk(raw: bytes) -> RawChunk:
 FetchFn = Callable[[str, int, int], Iterable[Any]]
 
 
+class _GrpcFetch:
+    """``fetch(sha, offset, max_bps)`` over one channel. It holds the channel: a single-threaded stream (see
+    :data:`CHANNEL_OPTIONS`) does not keep it alive, and a channel collected mid-download closes."""
+
+    def __init__(self, channel: grpc.Channel, metadata: Metadata, timeout_s: float | None) -> None:
+        self.channel = channel
+        self.metadata = tuple(metadata)
+        self.timeout_s = timeout_s
+        self._call = channel.unary_stream(
+            DOWNLOAD_METHOD,
+            request_serializer=agent_pb2.DownloadRequest.SerializeToString,
+            response_deserializer=parse_chunk,
+        )
+
+    def __call__(self, sha256: str, offset: int, max_bytes_per_s: int) -> Iterable[RawChunk]:
+        request = agent_pb2.DownloadRequest(sha256=sha256, offset=offset, max_bytes_per_s=max_bytes_per_s)
+        return self._call(request, metadata=self.metadata, timeout=self.timeout_s)
+
+
 def grpc_fetch(channel: grpc.Channel, metadata: Metadata = (), timeout_s: float | None = None) -> FetchFn:
     """A fetch function over ``channel`` (create it with :data:`CHANNEL_OPTIONS`); the agent's credentials go
     in ``metadata``. The returned iterator is the gRPC call (it has ``cancel()``)."""
-    call = channel.unary_stream(
-        DOWNLOAD_METHOD,
-        request_serializer=agent_pb2.DownloadRequest.SerializeToString,
-        response_deserializer=parse_chunk,
-    )
-
-    def fetch(sha256: str, offset: int, max_bytes_per_s: int) -> Iterable[RawChunk]:
-        request = agent_pb2.DownloadRequest(sha256=sha256, offset=offset, max_bytes_per_s=max_bytes_per_s)
-        return call(request, metadata=tuple(metadata), timeout=timeout_s)
-
-    return fetch
+    return _GrpcFetch(channel, metadata, timeout_s)
 
 
 def stub_fetch(stub: Any, metadata: Metadata = (), timeout_s: float | None = None) -> FetchFn:
-    """A fetch function through a generated ``AgentServiceStub`` (protobuf objects; slower than grpc_fetch)."""
+    """A fetch function through a generated ``AgentServiceStub`` (protobuf objects; slower than grpc_fetch).
+    Keep the stub's channel referenced: with :data:`CHANNEL_OPTIONS` the stub alone does not keep it open."""
 
     def fetch(sha256: str, offset: int, max_bytes_per_s: int) -> Iterable[Any]:
         request = agent_pb2.DownloadRequest(sha256=sha256, offset=offset, max_bytes_per_s=max_bytes_per_s)

@@ -1,15 +1,23 @@
 """One download stream into a partial file, with the checks and the writing on a second thread.
 
-The receiving thread takes each chunk from gRPC and checks its offset and size; a writer thread checks its
-crc32 and appends it to ``<sha>.part``. The two overlap (gRPC hands out the next chunk while the previous one
-is written), which on loopback is worth ~1.5x. ``pos`` is only advanced after a chunk is written, so the
-partial file's size stays the offset to resume from; chunks after a corrupted one are dropped unwritten.
+The receiving thread takes each chunk from gRPC and checks its offset, size and crc32 (while the data is still
+in its CPU cache); a writer thread appends it to ``<sha>.part``. The two overlap (gRPC hands out the next chunk
+while the previous one is written), which on loopback is worth ~1.5x. ``pos`` is only advanced after a chunk
+is written, so the partial file's size stays the offset to resume from; a corrupted chunk is never queued.
+
+The writer also starts the kernel's writeback of every few MiB as soon as they are written
+(``sync_file_range``, Linux), so the disk works while the transfer goes on and the fsync that completes a file
+has little left to wait for: on a disk writing ~2 GB/s that fsync alone was as long as the whole transfer.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
+import os
 import queue
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -29,6 +37,8 @@ log = logging.getLogger(__name__)
 
 FetchFn = Callable[[str, int, int], Iterable[Any]]
 QUEUE_DEPTH = 4  # chunks in flight between the receiving and the writing thread
+WRITEBACK_BYTES = 8 << 20  # start writing back to disk after this many new bytes
+SYNC_FILE_RANGE_WRITE = 2  # <fcntl.h>: start writeback of dirty pages in the range, do not wait
 
 
 class ChunkCorrupted(TransferError):
@@ -86,6 +96,11 @@ class Session:
                 size = len(chunk.data)
                 if expected + size > entry.size:
                     raise IntegrityError(f"the controller sent more than {entry.size} bytes of {entry.path}")
+                if crc32(chunk.data) != chunk.crc32:
+                    self.corrupt += 1
+                    raise ChunkCorrupted(
+                        f"chunk at offset {chunk.offset} of {entry.path} failed its crc32 check: not written"
+                    )
                 writer.put(chunk)
                 expected += size
         except BaseException:
@@ -111,14 +126,49 @@ class Session:
         )
 
 
+def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).sync_file_range
+    except (OSError, AttributeError):  # no such libc function: the final fsync does all the work
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_sync_file_range = _load_sync_file_range()
+
+
+class Writeback:
+    """Starts writeback of each ``WRITEBACK_BYTES`` appended to ``fd`` from ``pos`` on (advisory: a failure
+    only leaves the work to the final fsync)."""
+
+    def __init__(self, fd: int, pos: int) -> None:
+        self.fd, self.started = fd, pos
+
+    def wrote(self, pos: int) -> None:
+        if _sync_file_range is not None and pos - self.started >= WRITEBACK_BYTES:
+            _sync_file_range(self.fd, self.started, pos - self.started, SYNC_FILE_RANGE_WRITE)
+            self.started = pos
+
+
+def _write_all(fd: int, data: Any) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 class _Writer:
-    """Checks and appends chunks on its own thread; after an error it keeps draining without writing."""
+    """Appends chunks on its own thread; after an error it keeps draining without writing."""
 
     def __init__(self, session: Session) -> None:
         self.session = session
         self.error: BaseException | None = None
         self._queue: queue.Queue[Any] = queue.Queue(QUEUE_DEPTH)
-        self._fh = open(session.part, "ab")  # noqa: SIM115 - closed by the thread
+        self._fd = os.open(session.part, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o666)  # closed by the thread
+        self._writeback = Writeback(self._fd, session.pos)
         self._thread = threading.Thread(target=self._run, name="download-writer", daemon=True)
         self._thread.start()
 
@@ -136,21 +186,16 @@ class _Writer:
                 if self.error is not None:
                     continue
                 data = chunk.data
-                if crc32(data) != chunk.crc32:
-                    s.corrupt += 1
-                    self.error = ChunkCorrupted(
-                        f"chunk at offset {chunk.offset} of {s.entry.path} failed its crc32 check: not written"
-                    )
-                    continue
-                self._fh.write(data)
+                _write_all(self._fd, data)
                 s.pos += len(data)
+                self._writeback.wrote(s.pos)
                 s.report()
         except BaseException as exc:  # disk full, I/O error: surfaces in the receiving thread
             self.error = exc
             while self._queue.get() is not None:
                 pass
         finally:
-            self._fh.close()
+            os.close(self._fd)
 
 
 def _cancel(stream: Any) -> None:

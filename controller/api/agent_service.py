@@ -73,7 +73,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
 
     def DownloadArtifact(
         self, request: agent_pb2.DownloadRequest, context: grpc.ServicerContext
-    ) -> Iterator[agent_pb2.ArtifactChunk]:
+    ) -> Iterator[agent_pb2.ArtifactChunk | bytes]:
         if len(request.sha256) != 64:
             raise InvalidArgument("sha256 must be 64 hex characters")
         yield from stream_artifact(
@@ -83,6 +83,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             request.max_bytes_per_s,
             gate=self.app.download_gate,
             context=context,
+            wire=True,
         )
 
     def ReportInstall(self, request: agent_pb2.InstallReport, context: grpc.ServicerContext) -> common_pb2.Ack:

@@ -12,9 +12,10 @@ from controller.api.admin_service import AdminService
 from controller.api.agent_service import AgentService
 from controller.api.interceptors import ControllerInterceptor
 from controller.app import ControllerApp, build_app
+from controller.registry.transfer_pb import add_agent_service
 from controller.settings import ControllerSettings
 from shared.errors import Unavailable
-from shared.pb import admin_pb2_grpc, agent_pb2_grpc
+from shared.pb import admin_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,8 @@ class ControllerServer:
             interceptors=[ControllerInterceptor(app.admin_token, app.agents)],
             options=GRPC_OPTIONS,
         )
-        agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentService(app), server)
+        # DownloadArtifact sends pre-encoded chunk messages (one copy from the blob file into the wire bytes)
+        add_agent_service(AgentService(app), server)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminService(app), server)
         if app.tls is None:
             port = server.add_insecure_port(self.settings.listen)

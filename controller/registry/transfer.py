@@ -7,6 +7,7 @@ Domain code only (no protobuf): :mod:`controller.registry.transfer_pb` wraps thi
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -116,14 +117,40 @@ class DownloadGate:
             self._cond.notify()
 
 
-def iter_chunks(
-    store: BlobStore,
-    sha: str,
-    offset: int = 0,
-    chunk_size: int = DEFAULT_CHUNK,
-    max_bytes_per_s: int = 0,
-) -> Iterator[Chunk]:
-    """Chunks of blob ``sha`` from ``offset`` to its end.
+class BlobRanges:
+    """An open blob and the ``(offset, length)`` of each chunk to send from ``offset`` to its end, paced to
+    ``max_bps`` (0: no limit). Iterate once; the file is closed when the iteration ends or by :meth:`close`."""
+
+    def __init__(self, fh: BinaryIO, offset: int, total: int, chunk_size: int, max_bps: int) -> None:
+        self.fh, self.offset, self.total = fh, offset, total
+        self.chunk_size, self.max_bps = chunk_size, max_bps
+
+    def fileno(self) -> int:
+        return self.fh.fileno()
+
+    def close(self) -> None:
+        self.fh.close()
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        start = time.monotonic()
+        pos = self.offset
+        try:
+            while pos < self.total:
+                if self.max_bps:
+                    delay = start + (pos - self.offset) / self.max_bps - time.monotonic()
+                    if delay > 0:
+                        time.sleep(delay)
+                n = min(self.chunk_size, self.total - pos)
+                yield pos, n
+                pos += n
+        finally:
+            self.close()
+
+
+def open_ranges(
+    store: BlobStore, sha: str, offset: int = 0, chunk_size: int = DEFAULT_CHUNK, max_bytes_per_s: int = 0
+) -> BlobRanges:
+    """Open blob ``sha`` for streaming from ``offset``.
 
     Validation happens here, before the first chunk: unknown sha -> NotFound, malformed sha or an offset past
     the end -> InvalidArgument. ``max_bytes_per_s`` > 0 paces the stream (smaller chunks, sleeps between).
@@ -131,27 +158,42 @@ def iter_chunks(
     if chunk_size <= 0 or chunk_size > MAX_CHUNK:
         raise InvalidArgument(f"chunk size {chunk_size} must be within 1..{MAX_CHUNK} bytes")
     fh, total = store.open_range(sha, int(offset))
-    if max_bytes_per_s and max_bytes_per_s > 0:
+    max_bps = max(0, int(max_bytes_per_s or 0))
+    if max_bps:
         # About 8 chunks a second keeps the pacing smooth; never below 16 KiB a chunk.
-        chunk_size = max(16 << 10, min(chunk_size, int(max_bytes_per_s) // 8))
-    return _generate(fh, int(offset), total, chunk_size, max(0, int(max_bytes_per_s or 0)))
+        chunk_size = max(16 << 10, min(chunk_size, max_bps // 8))
+    return BlobRanges(fh, int(offset), total, chunk_size, max_bps)
 
 
-def _generate(fh: BinaryIO, offset: int, total: int, chunk_size: int, max_bps: int) -> Iterator[Chunk]:
-    start = time.monotonic()
-    sent = 0
-    pos = offset
-    try:
-        while pos < total:
-            data = fh.read(min(chunk_size, total - pos))
-            if not data:
-                raise InvalidArgument(f"blob shrank while streaming: ended at {pos} of {total} bytes")
-            if max_bps:
-                delay = start + sent / max_bps - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-            yield Chunk(pos, data, total, crc32(data))
-            pos += len(data)
-            sent += len(data)
-    finally:
-        fh.close()
+def read_exact(fd: int, buf: memoryview, pos: int, total: int) -> None:
+    """Fill ``buf`` from file offset ``pos`` (no copy through Python); a blob shorter than it was when opened
+    is InvalidArgument."""
+    done = 0
+    while done < len(buf):
+        got = os.preadv(fd, [buf[done:]], pos + done)
+        if got <= 0:
+            raise InvalidArgument(f"blob shrank while streaming: ended at {pos + done} of {total} bytes")
+        done += got
+
+
+def iter_chunks(
+    store: BlobStore,
+    sha: str,
+    offset: int = 0,
+    chunk_size: int = DEFAULT_CHUNK,
+    max_bytes_per_s: int = 0,
+) -> Iterator[Chunk]:
+    """Chunks of blob ``sha`` from ``offset`` to its end; validates at once, like :func:`open_ranges`."""
+    return read_chunks(open_ranges(store, sha, offset, chunk_size, max_bytes_per_s))
+
+
+def read_chunks(ranges: BlobRanges) -> Iterator[Chunk]:
+    """The chunks of ``ranges`` read from its file."""
+    fd = ranges.fileno()
+    for pos, n in ranges:
+        data = os.pread(fd, n, pos)
+        if len(data) < n:  # a short read happens only at the end of a file: read the rest or fail
+            rest = bytearray(n - len(data))
+            read_exact(fd, memoryview(rest), pos + len(data), ranges.total)
+            data += rest
+        yield Chunk(pos, data, ranges.total, crc32(data))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 import time
@@ -10,7 +11,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from agent.install.grpc_fetch import grpc_fetch, stub_fetch
+from agent.install import stream
+from agent.install.grpc_fetch import CHANNEL_OPTIONS, grpc_fetch, stub_fetch
 from agent.install.transfer import RetryPolicy, TransferProgress, download_file
 from controller.registry.transfer import DownloadGate
 from shared.errors import NotFound, TransferError
@@ -142,3 +144,34 @@ def test_pre_encoded_chunks_through_add_agent_service(store, tmp_path):
         assert info.value.code() == grpc.StatusCode.NOT_FOUND
         channel.close()
     assert servicer.bytes_sent > 2 * entry.size  # counted as encoded messages (data plus a few header bytes)
+
+
+def test_fetch_keeps_its_channel_alive(store, address, tmp_path):
+    """A single-threaded stream (see CHANNEL_OPTIONS) does not hold its channel: the fetch function must."""
+    entry = put(store, tmp_path, 1_500_000)
+    fetch = grpc_fetch(grpc.insecure_channel(address, options=CHANNEL_OPTIONS))  # no other reference
+    result = download_file(fetch, entry, tmp_path / "dl")
+    assert sha256_file(result.path) == entry.sha256
+
+
+@pytest.mark.skipif(stream._sync_file_range is None, reason="sync_file_range is Linux only")
+def test_writeback_starts_as_the_file_is_written(store, channel, tmp_path, monkeypatch):
+    entry = put(store, tmp_path, 3_000_000)
+    calls: list[tuple[int, int, int]] = []
+    real = stream._sync_file_range
+
+    def spy(fd: int, offset: int, length: int, flags: int) -> int:
+        rc = real(fd, offset, length, flags)
+        calls.append((offset, length, rc))
+        return rc
+
+    monkeypatch.setattr(stream, "WRITEBACK_BYTES", 500_000)
+    monkeypatch.setattr(stream, "_sync_file_range", spy)
+    dest = tmp_path / "dl"
+    dest.mkdir()
+    (dest / f"{entry.sha256}.part").write_bytes(store.path(entry.sha256).read_bytes()[:700_000])  # a resume
+    result = download_file(grpc_fetch(channel), entry, dest)
+    assert sha256_file(result.path) == entry.sha256
+    assert calls and all(rc == 0 for _, _, rc in calls), calls  # the kernel accepted every range
+    assert calls[0][0] == 700_000  # from where this session started writing
+    assert all(a[0] + a[1] == b[0] for a, b in itertools.pairwise(calls))  # contiguous
