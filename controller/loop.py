@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import time
 import uuid
 from pathlib import Path
@@ -29,7 +30,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 PRECISION_LADDER = ["fp32", "fp16", "int8", "int4"]
 HOLDOUT_SHARE = 0.2
-# Accuracy a retrained version may lose on the (unshifted) test split and still be rolled out.
+# Accuracy a retrained version may lose on the (unshifted) test split and still be rolled out: at least this,
+# or the standard error of the parent's accuracy on that split when the split is small (sampling noise).
 REGRESSION_TOLERANCE = 0.02
 ACTIVE_JOB_STATES = ("QUEUED", "RUNNING")
 
@@ -173,6 +175,13 @@ def trigger_retrain(app: ControllerApp, model_name: str, profile: str, reason: s
     return app.jobs.get(job_id)
 
 
+def regression_tolerance(accuracy: float, n: int) -> float:
+    """How much test-split accuracy may drop: REGRESSION_TOLERANCE, or one standard error on ``n`` examples."""
+    if n <= 0:
+        return REGRESSION_TOLERANCE
+    return max(REGRESSION_TOLERANCE, math.sqrt(accuracy * (1 - accuracy) / n))
+
+
 def _variant_verdict(m: dict[str, float], old: dict[str, float] | None, profile: str) -> tuple[bool, str]:
     """Better than the parent on the held-out production prompts, and no worse than it (beyond the tolerance)
     on the recipe's test split, which the fleet's unshifted traffic still looks like."""
@@ -182,8 +191,9 @@ def _variant_verdict(m: dict[str, float], old: dict[str, float] | None, profile:
         checks.append((ours > theirs, f"held-out prompts {ours:.3f} vs {theirs:.3f}"))
     if old is not None and "accuracy" in m and "accuracy" in old:
         ours, theirs = m["accuracy"], old["accuracy"]
-        ok = ours + REGRESSION_TOLERANCE >= theirs
-        checks.append((ok, f"test split {ours:.3f} vs {theirs:.3f} (tolerance {REGRESSION_TOLERANCE:.2f})"))
+        tolerance = regression_tolerance(theirs, int(old.get("n", 0)))
+        ok = ours + tolerance >= theirs
+        checks.append((ok, f"test split {ours:.3f} vs {theirs:.3f} (tolerance {tolerance:.3f})"))
     return all(ok for ok, _ in checks), f"{profile}: " + ", ".join(text for _, text in checks)
 
 
@@ -202,6 +212,13 @@ def _beats_parent(app: ControllerApp, name: str, new: str, parent: str) -> tuple
     if not verdicts:
         return True, "no comparable variant in the parent version"
     return all(ok for ok, _ in verdicts), "; ".join(text for _, text in verdicts)
+
+
+def promotion_of(app: ControllerApp, job_id: str) -> str:
+    """What :func:`promote_finished_jobs` decided for a job's result ("" until it has)."""
+    with app.store.session() as s:
+        row = s.get(KeyValue, f"loop:promoted:{job_id}")
+    return row.value if row is not None else ""
 
 
 def promote_finished_jobs(app: ControllerApp) -> list[str]:

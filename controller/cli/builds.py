@@ -101,6 +101,8 @@ def print_job(job) -> None:  # type: ignore[no-untyped-def]
         console.print(f"[red]error[/]: {job.error}")
     if job.result.name:
         console.print(f"published [bold]{ref(job.result)}[/]")
+    if job.promotion:
+        console.print(f"closed loop: {job.promotion}")
     if job.summary_json:
         from controller.factory.report import render_table
 

@@ -179,6 +179,21 @@ def wait_for_drift(
     raise Unavailable(f"no drift detected within {timeout:.0f}s of shifted traffic")
 
 
+def wait_promotion(fleet: LocalFleet, job_id: str, new: common_pb2.ModelRef, timeout: float = 120) -> str:
+    """The canary rollout the controller started for the retrained version (or why it started none)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        job = fleet.admin("GetJob", admin_pb2.GetJobRequest(job_id=job_id))
+        if job.promotion:  # type: ignore[attr-defined]
+            console.print(f"closed loop: {job.promotion}")  # type: ignore[attr-defined]
+            for r in fleet.admin("ListRollouts", admin_pb2.ListRolloutsRequest()).rollouts:  # type: ignore[attr-defined]
+                if r.model.version == new.version:
+                    return str(r.rollout_id)
+            raise Unavailable(f"{new.name}:{new.version}: {job.promotion}")  # type: ignore[attr-defined]
+        time.sleep(1)
+    raise Unavailable(f"the controller decided nothing about {new.name}:{new.version} within {timeout:.0f}s")
+
+
 def run_demo(options: DemoOptions) -> int:
     # The trained teacher and finished stages are cached across demo runs (keyed by content hashes).
     os.environ.setdefault("SLMOPS_CACHE_DIR", str(ROOT / ".cache" / "slmops"))
@@ -232,15 +247,7 @@ def run_demo(options: DemoOptions) -> int:
         follow(fleet.admin, job_id)
         new = fleet.admin("GetJob", admin_pb2.GetJobRequest(job_id=job_id)).result  # type: ignore[attr-defined]
         console.rule(f"6. canary rollout of {new.name}:{new.version}")
-        rollout_id = ""
-        deadline = time.time() + 180
-        while not rollout_id and time.time() < deadline:
-            for r in fleet.admin("ListRollouts", admin_pb2.ListRolloutsRequest()).rollouts:  # type: ignore[attr-defined]
-                if r.model.version == new.version:
-                    rollout_id = r.rollout_id
-            time.sleep(1)
-        if not rollout_id:
-            raise Unavailable(f"no rollout of {new.name}:{new.version} was created (see the controller log)")
+        rollout_id = wait_promotion(fleet, job_id, new)
         with BackgroundTraffic(fleet, "shifted"):
             print_rollout(wait_rollout(fleet, rollout_id))
         wait_version(fleet, new.version)

@@ -18,7 +18,8 @@ def job_state_to_pb(state: str) -> int:
     return _STATES.get(state, admin_pb2.JOB_STATE_UNSPECIFIED)
 
 
-def job_to_pb(job: Job) -> admin_pb2.Job:
+def job_to_pb(job: Job, promotion: str = "") -> admin_pb2.Job:
+    """``promotion``: the closed loop's decision on a drift-triggered job's result (``controller.loop``)."""
     msg = admin_pb2.Job(
         job_id=job.job_id,
         kind=job.kind,
@@ -36,6 +37,7 @@ def job_to_pb(job: Job) -> admin_pb2.Job:
         updated_unix=job.updated_at,
         summary_json=job.summary_json,
         drift_event_id=job.drift_event_id,
+        promotion=promotion,
     )
     if job.result_name:
         msg.result.CopyFrom(common_pb2.ModelRef(name=job.result_name, version=job.result_version))

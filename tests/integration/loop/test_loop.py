@@ -10,7 +10,14 @@ import pytest
 import yaml
 from sqlmodel import select
 
-from controller.loop import LoopActions, promote_finished_jobs, trigger_retrain
+from controller.loop import (
+    REGRESSION_TOLERANCE,
+    LoopActions,
+    promote_finished_jobs,
+    promotion_of,
+    regression_tolerance,
+    trigger_retrain,
+)
 from controller.registry.registry import VariantSpec
 from controller.rollout import engine as rollouts
 from controller.store.tables import Device, DriftEventRow, Job, SampledPrompt
@@ -133,6 +140,7 @@ def test_promotion_compares_on_the_held_out_production_prompts(  # type: ignore[
         s.add(row)
     created = promote_finished_jobs(app)
     assert bool(created) is promoted
+    assert promotion_of(app, retrain.job_id).startswith("canary rollout" if promoted else "not rolled out")
     if promoted:
         reason = rollouts.get_rollout(app.store, created[0]).reason
         assert f"held-out prompts {ours:.3f} vs {theirs:.3f}" in reason
@@ -143,3 +151,9 @@ def test_retrain_without_sampled_prompts_says_how_to_enable_them(app, tiny_og_mo
     with pytest.raises(FailedPrecondition, match="sample_prompts"):
         trigger_retrain(app, "smart-building-demo", "cpu-int4", "test")
     assert v1 == "1"
+
+
+def test_regression_tolerance_follows_the_test_split_size() -> None:
+    assert regression_tolerance(0.9, 0) == REGRESSION_TOLERANCE  # size unknown
+    assert regression_tolerance(0.85, 10_000) == REGRESSION_TOLERANCE  # large split: the floor
+    assert regression_tolerance(0.7, 60) == pytest.approx(0.0592, abs=1e-4)  # 60 examples: one standard error
