@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import signal
+import sys
 import tempfile
 from pathlib import Path
 
@@ -18,9 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--stage",
         choices=["fleet", "serve", "loop"],
-        default="serve",
-        help="fleet: controller + agents; serve (default): + build, staged rollout, traffic; "
-        "loop: + shifted traffic, drift, retrain, canary (experimental)",
+        default="loop",
+        help="fleet: controller + agents; serve: + build, staged rollout, traffic; "
+        "loop (default): + shifted traffic, drift, retrain on sampled prompts, canary, report",
     )
     p.set_defaults(func=demo)
 
@@ -38,7 +40,10 @@ def demo(args: argparse.Namespace) -> int:
     )
     if args.recipe:
         options.recipe = Path(args.recipe).resolve()
+    # SIGTERM (e.g. from a CI timeout) unwinds like Ctrl-C, so the agents and the controller are stopped
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         return run_demo(options)
     finally:
+        signal.signal(signal.SIGTERM, previous)
         console.print(f"demo data kept in {root}")

@@ -24,6 +24,14 @@ log = logging.getLogger(__name__)
 TELEMETRY_WINDOW_S = 5
 
 
+def _die_with_parent() -> None:
+    """In the child, before exec: on Linux, get SIGTERM when the demo process dies (no orphaned agents)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -48,7 +56,9 @@ class AgentProcess:
     def start(self) -> None:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         with open(self.log_path, "ab") as fh:
-            self.proc = subprocess.Popen(self.args, stdout=fh, stderr=subprocess.STDOUT, env=env)
+            self.proc = subprocess.Popen(
+                self.args, stdout=fh, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent
+            )
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
         if self.proc and self.proc.poll() is None:

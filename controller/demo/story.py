@@ -39,7 +39,7 @@ class DemoOptions:
     agents: list[str] = field(default_factory=lambda: ["cpu-int4", "cpu-fp32"])
     requests: int = 60
     # 'fleet': controller + agents only; 'serve': + build, rollout, traffic; 'loop': + drift -> retrain -> canary
-    stage: str = "serve"
+    stage: str = "loop"
 
 
 def wait_rollout(fleet: LocalFleet, rollout_id: str, timeout: float = 600) -> admin_pb2.Rollout:
