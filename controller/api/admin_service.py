@@ -49,8 +49,9 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
 
     def GetJob(self, request: admin_pb2.GetJobRequest, context: grpc.ServicerContext) -> admin_pb2.Job:
         from controller.factory.pb import job_to_pb
+        from controller.loop import promotion_of
 
-        return job_to_pb(self.app.jobs.get(request.job_id))
+        return job_to_pb(self.app.jobs.get(request.job_id), promotion_of(self.app, request.job_id))
 
     def ListJobs(self, request: admin_pb2.ListJobsRequest, context: grpc.ServicerContext) -> admin_pb2.ListJobsResponse:
         from controller.factory.pb import job_to_pb
