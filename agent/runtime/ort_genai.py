@@ -6,6 +6,7 @@ import json
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,8 @@ log = logging.getLogger(__name__)
 
 # Rows of prompt logits turned into log-probabilities at once (bounds the extra memory of prompt_nll).
 _NLL_ROWS = 64
+# Prompts whose token ids are kept between counting them (admission) and generating from them.
+_RECENT_PROMPTS = 32
 
 
 def _import_og() -> Any:
@@ -71,6 +74,10 @@ class OrtGenaiModel(LoadedModel):
         self._adapters: Any = None
         self._adapter_names: list[str] = []
         self._adapter_lock = threading.Lock()
+        # Prompt -> token ids of the last few prompts counted (serving counts at admission, then generates):
+        # the chat template and the tokenizer run once per request, not twice.
+        self._recent_ids: OrderedDict[Prompt, np.ndarray] = OrderedDict()
+        self._ids_lock = threading.Lock()
 
     # --- text -----------------------------------------------------------------------------------------------
     def encode(self, text: str) -> np.ndarray:
@@ -88,7 +95,20 @@ class OrtGenaiModel(LoadedModel):
         return prompt.text or ""
 
     def count_prompt_tokens(self, prompt: Prompt) -> int:
-        return self.count_tokens(self.render(prompt))
+        return len(self._prompt_ids(prompt, keep=True))
+
+    def _prompt_ids(self, prompt: Prompt, *, keep: bool) -> np.ndarray:
+        """The prompt's token ids; ``keep`` remembers them for the generation that usually follows a count."""
+        with self._ids_lock:
+            ids = self._recent_ids.pop(prompt, None)
+        if ids is None:
+            ids = self.encode(self.render(prompt))
+        if keep:
+            with self._ids_lock:
+                self._recent_ids[prompt] = ids
+                while len(self._recent_ids) > _RECENT_PROMPTS:
+                    self._recent_ids.popitem(last=False)
+        return ids
 
     # --- generation ---------------------------------------------------------------------------------------
     def _params(self, prompt_len: int, params: GenParams) -> Any:
@@ -109,7 +129,7 @@ class OrtGenaiModel(LoadedModel):
 
     def generate(self, prompt: Prompt, params: GenParams, cancel: threading.Event) -> Iterator[TokenEvent]:
         prompt = as_prompt(prompt)
-        ids = self.encode(self.render(prompt))
+        ids = self._prompt_ids(prompt, keep=False)
         if len(ids) == 0:
             raise InvalidArgument("the prompt is empty after tokenization; send some text")
         if len(ids) >= self.context_length:
@@ -123,25 +143,29 @@ class OrtGenaiModel(LoadedModel):
         nll = None
         if params.want_prompt_nll and len(ids) > 1:
             nll = mean_nll(np.asarray(generator.get_output("logits"))[0], ids)
-        stream = self._tokenizer.create_stream()
+        # The per-token loop does as little Python as it can: bound methods, no keyword arguments.
+        decode = self._tokenizer.create_stream().decode
+        cancelled, done = cancel.is_set, generator.is_done
+        next_token, next_tokens = generator.generate_next_token, generator.get_next_tokens
+        eos = frozenset() if params.ignore_eos else self._eos
         produced = 0
         budget = min(params.max_new_tokens, self.context_length - len(ids))
         finish = "length"
         while produced < budget:
-            if cancel.is_set():
+            if cancelled():
                 finish = "cancelled"
                 break
-            if generator.is_done():
+            if done():
                 finish = "stop"
                 break
-            generator.generate_next_token()
-            token = int(generator.get_next_tokens()[0])
+            next_token()
+            token = int(next_tokens()[0])
             produced += 1
-            if token in self._eos and not params.ignore_eos:
-                yield TokenEvent(text="")
+            if token in eos:
+                yield TokenEvent("")
                 finish = "stop"
                 break
-            yield TokenEvent(text=stream.decode(token))
+            yield TokenEvent(decode(token))
         yield TokenEvent(text="", token_count=0, finish_reason=finish, prompt_tokens=len(ids), prompt_nll=nll)  # type: ignore[arg-type]
 
     def prompt_nll(self, text: str) -> float:
@@ -184,6 +208,8 @@ class OrtGenaiModel(LoadedModel):
             return
         super().close()
         self._adapters = None
+        with self._ids_lock:
+            self._recent_ids.clear()
         self._tokenizer = None
         self._model = None
         log.info("closed model %s", self.model_id)

@@ -11,15 +11,17 @@ from __future__ import annotations
 import hmac
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
 
 from agent.serving import schemas
 from agent.serving.errors import InvalidApiKey, error_response, response_for
-from agent.serving.handlers import handle_completion
+from agent.serving.handlers import Body, handle_completion
 from agent.serving.metrics import CONTENT_TYPE
 from agent.serving.service import Serving
 from shared.errors import SlmopsError
@@ -50,13 +52,16 @@ def create_app(serving: Serving) -> FastAPI:
     async def _project_error(_: Request, exc: SlmopsError) -> Response:
         return response_for(exc)
 
-    @app.exception_handler(RequestValidationError)
-    async def _invalid_body(_: Request, exc: RequestValidationError) -> Response:
+    def invalid_body(errors: Sequence[Any]) -> Response:
         serving.metrics.count("invalid")
-        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request body"}
+        first = errors[0] if errors else {"loc": (), "msg": "invalid request body"}
         param = _param_of(tuple(first.get("loc", ())))
         msg = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
         return error_response(400, f"Invalid value for '{param}': {msg}", "invalid_request_error", param)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid_body(_: Request, exc: RequestValidationError) -> Response:
+        return invalid_body(exc.errors())
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> Response:
@@ -100,13 +105,24 @@ def create_app(serving: Serving) -> FastAPI:
             )
         return JSONResponse({"id": model_id, "object": "model", "created": int(time.time()), "owned_by": "slmops"})
 
-    @app.post("/v1/chat/completions", dependencies=[Depends(require_key)])
-    async def chat_completions(body: schemas.ChatCompletionRequest, request: Request) -> Response:
+    # The completion routes are plain Starlette routes: the body is validated straight from its JSON bytes
+    # (pydantic's JSON mode) without FastAPI's dependency and body machinery on every request.
+    async def completion(request: Request, schema: type[Body]) -> Response:
+        await require_key(request)
+        try:
+            body = schema.model_validate_json(await request.body())
+        except ValidationError as exc:
+            return invalid_body(exc.errors(include_url=False))
         return await handle_completion(serving, request, body)
 
-    @app.post("/v1/completions", dependencies=[Depends(require_key)])
-    async def completions(body: schemas.CompletionRequest, request: Request) -> Response:
-        return await handle_completion(serving, request, body)
+    async def chat_completions(request: Request) -> Response:
+        return await completion(request, schemas.ChatCompletionRequest)
+
+    async def completions(request: Request) -> Response:
+        return await completion(request, schemas.CompletionRequest)
+
+    app.add_route("/v1/chat/completions", chat_completions, methods=["POST"])
+    app.add_route("/v1/completions", completions, methods=["POST"])
 
     @app.post("/v1/feedback", dependencies=[Depends(require_key)])
     async def feedback(body: schemas.FeedbackRequest) -> dict[str, Any]:

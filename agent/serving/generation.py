@@ -1,14 +1,15 @@
 """One request's generation: runs on a worker thread, streams events to the event loop, writes its record.
 
-:class:`EventChannel` carries events from the worker thread to the request's coroutine; it wakes the event
-loop at most once per batch (streaming) or only for the final event (non-streaming), so a fast generator
-does not flood the loop with wake-ups.
+:class:`EventChannel` carries events from the worker thread to a streaming request's coroutine; it wakes the
+event loop at most once per batch, so a fast generator does not flood the loop with wake-ups. A non-streaming
+request gets a :class:`ResultChannel`: nothing crosses per token, one wake-up with the final event.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import threading
 import time
@@ -80,6 +81,27 @@ class EventChannel:
                     self._waiting = False
 
 
+class ResultChannel:
+    """Worker thread -> asyncio for a non-streaming request: only the final event crosses, as ``future``'s result.
+
+    Same ``put`` as :class:`EventChannel` (deltas are dropped); ``future`` resolves to ``(kind, value)``.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self.future: asyncio.Future[tuple[str, Any]] = loop.create_future()
+
+    def put(self, kind: str, value: Any = None, *, final: bool = False) -> None:
+        if not final:
+            return
+        with contextlib.suppress(RuntimeError):  # a closed loop: the server is stopping
+            self._loop.call_soon_threadsafe(self._resolve, (kind, value))
+
+    def _resolve(self, item: tuple[str, Any]) -> None:
+        if not self.future.done():  # the request's coroutine may have been cancelled meanwhile
+            self.future.set_result(item)
+
+
 class StopMatcher:
     """Cuts the output at the first stop sequence; holds back text that could be the start of one."""
 
@@ -131,7 +153,7 @@ class Generation:
         params: GenParams,
         stops: list[str],
         prompt_tokens: int,
-        channel: EventChannel,
+        channel: EventChannel | ResultChannel,
         arrival: float,
         on_finish: Callable[[RequestRecord], None],
     ) -> None:
@@ -149,50 +171,65 @@ class Generation:
         """The client left while the request waited: no generation, a cancelled record."""
         try:
             self._record(job, "", None, None, 0, "cancelled", None, error_type=None, cancelled=True)
-            self.channel.put("done", Outcome("", "cancelled", self.prompt_tokens, 0, True), final=True)
+            self._answer(job, "done", Outcome("", "cancelled", self.prompt_tokens, 0, True))
         finally:
             self.lease.release()
 
+    def _answer(self, job: Job, kind: str, value: Any) -> None:
+        """The final event goes out once the queue has counted this worker free (see ``Job.then``)."""
+        job.then = functools.partial(self.channel.put, kind, value, final=True)
+
     def run(self, job: Job) -> None:
         model = self.lease.model
-        matcher = StopMatcher(self.stops)
+        matcher = StopMatcher(self.stops) if self.stops else None
+        # Non-streaming requests send nothing per token: the answer crosses to the event loop once, at the end.
+        send = self.channel.put if self.stream else None
         pieces: list[str] = []
+        append, clock = pieces.append, time.perf_counter
         first_at = last_at = None
         tokens = 0
         finish, nll, prompt_tokens = "length", None, self.prompt_tokens
         try:
             for ev in model.generate(self.prompt, self.params, self.cancel):
                 if ev.token_count:
-                    now = time.perf_counter()
+                    last_at = clock()
+                    if first_at is None:
+                        first_at = last_at
                     tokens += ev.token_count
-                    first_at = first_at or now
-                    last_at = now
                 if ev.finish_reason is not None:
                     finish, nll = ev.finish_reason, ev.prompt_nll
                     prompt_tokens = ev.prompt_tokens or prompt_tokens
-                if ev.text and not matcher.hit:
-                    out = matcher.feed(ev.text)
+                text = ev.text
+                if not text:
+                    continue
+                if matcher is not None:
+                    if matcher.hit:
+                        continue
+                    text = matcher.feed(text)
                     if matcher.hit:
                         self.stop_hit = True
                         self.cancel.set()
-                    if out:
-                        pieces.append(out)
-                        self.channel.put("delta", out)
-            if not matcher.hit and (tail := matcher.flush()):
-                pieces.append(tail)
-                self.channel.put("delta", tail)
+                    if not text:
+                        continue
+                append(text)
+                if send is not None:
+                    send("delta", text)
+            if matcher is not None and not matcher.hit and (tail := matcher.flush()):
+                append(tail)
+                if send is not None:
+                    send("delta", tail)
             cancelled = finish == "cancelled" and not self.stop_hit
             if self.stop_hit:
                 finish = "stop"
             text = "".join(pieces)
             # the record first: once the client has its answer, telemetry and feedback ids are in place
             self._record(job, text, first_at, last_at, tokens, finish, nll, None, cancelled, prompt_tokens)
-            self.channel.put("done", Outcome(text, finish, prompt_tokens, tokens, cancelled), final=True)
+            self._answer(job, "done", Outcome(text, finish, prompt_tokens, tokens, cancelled))
         except Exception as exc:
             log.warning("request %s failed: %s", self.request_id, exc, exc_info=not hasattr(exc, "code"))
             text = "".join(pieces)
             self._record(job, text, first_at, last_at, tokens, None, None, type(exc).__name__, False, prompt_tokens)
-            self.channel.put("error", exc, final=True)
+            self._answer(job, "error", exc)
         finally:
             self.lease.release()
 

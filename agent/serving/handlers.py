@@ -15,7 +15,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from agent.serving import schemas
 from agent.serving.errors import QueueFull, RequestCancelled, error_body, response_for
-from agent.serving.generation import EventChannel, Generation, Outcome
+from agent.serving.generation import EventChannel, Generation, Outcome, ResultChannel
 from agent.serving.service import Serving
 from shared.errors import SlmopsError
 
@@ -66,6 +66,8 @@ def _admit(serving: Serving, body: Body, endpoint: str, arrival: float, loop: as
             prompt_param="messages" if endpoint == "chat" else "prompt",
         )
         prefix = "chatcmpl-" if endpoint == "chat" else "cmpl-"
+        interval = serving.config.stream_interval_ms / 1000.0
+        channel = EventChannel(loop, interval) if body.stream else ResultChannel(loop)
         gen = Generation(
             request_id=prefix + uuid.uuid4().hex[:24],
             endpoint=endpoint,
@@ -75,7 +77,7 @@ def _admit(serving: Serving, body: Body, endpoint: str, arrival: float, loop: as
             params=params,
             stops=body.stop_list(),
             prompt_tokens=prompt_tokens,
-            channel=EventChannel(loop, serving.config.stream_interval_ms / 1000.0 if body.stream else None),
+            channel=channel,
             arrival=arrival,
             on_finish=serving.finish,
         )
@@ -92,29 +94,22 @@ def _fingerprint(gen: Generation) -> str:
 
 async def _collect(gen: Generation, request: Request, model: str, chat: bool) -> Response:
     """Wait for the whole answer; a client that disconnects meanwhile cancels the generation."""
-    watcher = asyncio.create_task(_wait_disconnect(request))
-    waiter = asyncio.create_task(gen.channel.get_batch())
-    finished = False
+    assert isinstance(gen.channel, ResultChannel)
+    result = gen.channel.future
+    watcher = asyncio.ensure_future(_wait_disconnect(request))
     try:
-        while True:
-            done, _ = await asyncio.wait({waiter, watcher}, return_when=asyncio.FIRST_COMPLETED)
-            if waiter in done:
-                for kind, value in waiter.result():
-                    if kind == "done":
-                        finished = True
-                        return _full_response(gen, value, model, chat)
-                    if kind == "error":
-                        finished = True
-                        return _error_response(value)
-                waiter = asyncio.create_task(gen.channel.get_batch())
-            elif watcher in done:
-                log.info("client left; cancelling %s", gen.request_id)
-                return response_for(RequestCancelled("the client disconnected"))
+        await asyncio.wait((result, watcher), return_when=asyncio.FIRST_COMPLETED)
+        if not result.done():
+            log.info("client left; cancelling %s", gen.request_id)
+            return response_for(RequestCancelled("the client disconnected"))
+        kind, value = result.result()
+        if kind == "done":
+            return _full_response(gen, value, model, chat)
+        return _error_response(value)
     finally:
-        if not finished:  # client gone or this task cancelled: stop the generation
+        if not result.done():  # client gone or this task cancelled: stop the generation
             gen.cancel.set()
-        for task in (watcher, waiter):
-            task.cancel()
+        watcher.cancel()
 
 
 async def _wait_disconnect(request: Request) -> None:
@@ -149,11 +144,13 @@ async def _stream(gen: Generation, model: str, chat: bool, include_usage: bool) 
             return _sse(schemas.chat_chunk(cid, created, model, delta, finish, fp))
         return _sse(schemas.text_chunk(cid, created, model, text, finish, fp))
 
+    channel = gen.channel
+    assert isinstance(channel, EventChannel)
     try:
         if chat:
             yield _sse(schemas.chat_chunk(cid, created, model, {"role": "assistant", "content": ""}, None, fp))
         while True:
-            batch = await gen.channel.get_batch()
+            batch = await channel.get_batch()
             text = "".join(v for k, v in batch if k == "delta")
             out = chunk(text) if text else ""
             for kind, value in batch:

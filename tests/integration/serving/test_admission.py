@@ -13,6 +13,8 @@ import httpx
 import openai
 import pytest
 
+from agent.serving.queue import Job
+
 MSG = [{"role": "user", "content": "turn on the lights in the kitchen"}]
 LONG = {"model": "tiny", "messages": MSG, "max_tokens": 1900, "temperature": 0}
 
@@ -33,21 +35,28 @@ def busy_live(runtime_name, load_model, long_context_model_dir, start_serving):
 
 
 def test_full_queue_answers_429_with_retry_after(busy_live) -> None:
-    with (
-        httpx.Client(timeout=30) as http,
-        http.stream("POST", f"{busy_live.url}/chat/completions", json={**LONG, "stream": True}) as first,
-    ):
-        assert first.status_code == 200
-        lines = first.iter_lines()  # keep a reference: a collected iterator closes the connection
-        next(lines)  # the worker is generating now
-        refused = httpx.post(f"{busy_live.url}/chat/completions", json={**LONG, "max_tokens": 4})
-        assert refused.status_code == 429
-        assert int(refused.headers["Retry-After"]) >= 1
-        assert refused.json()["error"]["type"] == "rate_limit_error"
+    # The only worker is held by a job that ends when told to: a generation would end on its own (~0.5 s), and
+    # while it runs (native code holding the GIL) the loop answers slowly enough on a busy machine to race it.
+    gate, running = threading.Event(), threading.Event()
+    busy_live.serving.queue.submit(Job(run=lambda _: running.set() or gate.wait(30), cancel=threading.Event()))
+    try:
+        assert running.wait(5)
+        for stream in (False, True):
+            refused = httpx.post(f"{busy_live.url}/chat/completions", json={**LONG, "stream": stream}, timeout=30)
+            assert refused.status_code == 429
+            assert int(refused.headers["Retry-After"]) >= 1
+            assert refused.json()["error"]["type"] == "rate_limit_error"
+            assert refused.json()["error"]["code"] == "queue_full"
         with pytest.raises(openai.RateLimitError):
             busy_live.client().chat.completions.create(model="tiny", messages=MSG, max_tokens=4)
+    finally:
+        gate.set()
+    assert busy_live.serving.queue.wait_idle(5)
+    assert busy_live.records == []  # refused requests are not admitted
     metrics = httpx.get(f"{busy_live.base_url}/metrics").text
     assert 'status="rejected"' in metrics
+    out = busy_live.client().chat.completions.create(model="tiny", messages=MSG, max_tokens=4)
+    assert out.usage.completion_tokens == 4  # admitted again once the worker is free
 
 
 def test_stream_disconnect_cancels_generation_and_frees_the_worker(busy_live) -> None:

@@ -82,6 +82,28 @@ def test_too_long_prompt_and_too_many_tokens_are_400_naming_the_field(live) -> N
     assert live.records == []  # refused requests are not admitted
 
 
+def test_malformed_bodies_are_openai_style_400s(live) -> None:
+    url = f"{live.url}/chat/completions"
+    cases = [
+        (b'{"model": "tiny", "messages": [', "body", "Invalid JSON"),
+        (b'["not", "an", "object"]', "body", "should be"),
+        (b'{"model": "tiny", "messages": "hi"}', "messages", "should be"),
+        (b'{"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "n": 2}', "n", "only n=1"),
+        (b'{"messages": [{"role": "user", "content": "hi"}]}', "model", "Field required"),
+    ]
+    with httpx.Client(timeout=30) as http:
+        for raw, param, words in cases:
+            resp = http.post(url, content=raw, headers={"Content-Type": "application/json"})
+            assert resp.status_code == 400, raw
+            error = resp.json()["error"]
+            assert error["type"] == "invalid_request_error" and error["param"] == param, raw
+            assert error["message"].startswith(f"Invalid value for '{param}': ") and words in error["message"], raw
+        text = http.get(f"{live.base_url}/metrics").text
+    labels = {"model": "tiny", "version": "7", "profile": ""}
+    assert _sample(text, "slmops_requests_total", **labels, status="invalid") == len(cases)
+    assert live.records == []
+
+
 def test_stop_sequence_cuts_the_answer(live) -> None:
     client = live.client()
     full = client.chat.completions.create(model="tiny", messages=MSG, max_tokens=16).choices[0].message.content

@@ -1,11 +1,11 @@
-"""The worker-thread -> event-loop channel: wake-ups per mode, nothing lost."""
+"""The worker-thread -> event-loop channels: wake-ups per mode, nothing lost, late results dropped quietly."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
 
-from agent.serving.generation import EventChannel
+from agent.serving.generation import EventChannel, ResultChannel
 
 
 async def _collect(channel: EventChannel, produce) -> list[list[tuple[str, object]]]:
@@ -74,3 +74,40 @@ def test_per_event_channel_loses_nothing_under_a_fast_producer() -> None:
     batches = asyncio.run(main())
     values = [v for batch in batches for kind, v in batch if kind == "delta"]
     assert values == list(range(2000))
+
+
+def test_result_channel_carries_only_the_final_event_across_threads() -> None:
+    async def main() -> tuple[str, object]:
+        channel = ResultChannel(asyncio.get_running_loop())
+
+        def produce() -> None:
+            for i in range(50):
+                channel.put("delta", str(i))  # non-streaming: nothing crosses per token
+            channel.put("done", "answer", final=True)
+
+        thread = threading.Thread(target=produce)
+        thread.start()
+        result = await asyncio.wait_for(channel.future, 5)
+        thread.join()
+        return result
+
+    assert asyncio.run(main()) == ("done", "answer")
+
+
+def test_result_channel_tolerates_a_gone_request_and_a_stopped_loop() -> None:
+    errors: list[dict] = []
+
+    async def main() -> ResultChannel:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _, context: errors.append(context))
+        channel = ResultChannel(loop)
+        channel.future.cancel()  # the request's coroutine was cancelled (client gone)
+        thread = threading.Thread(target=lambda: channel.put("done", None, final=True))
+        thread.start()
+        thread.join()
+        await asyncio.sleep(0.01)  # the resolve callback runs on a cancelled future without raising
+        return channel
+
+    channel = asyncio.run(main())
+    assert channel.future.cancelled() and errors == []
+    channel.put("error", RuntimeError("late"), final=True)  # the loop is closed now: dropped, no exception

@@ -1,4 +1,4 @@
-"""The bounded admission queue: capacity, 429 figures, skipping cancelled jobs."""
+"""The bounded admission queue: capacity, 429 figures, skipping cancelled jobs, answering after bookkeeping."""
 
 from __future__ import annotations
 
@@ -80,3 +80,51 @@ def test_invalid_sizes_are_refused() -> None:
         WorkQueue(workers=0)
     with pytest.raises(ValueError):
         WorkQueue(workers=1, max_queue=-1)
+
+
+def test_the_answer_goes_out_once_the_worker_is_counted_free() -> None:
+    """``Job.then`` runs after the bookkeeping: a client that asks again at once is not refused."""
+    q = WorkQueue(workers=1, max_queue=0)
+    seen: list[tuple[int, int]] = []
+    answered = threading.Event()
+
+    def then() -> None:
+        seen.append((q.pending, q.running))
+        q.submit(Job(run=lambda _: answered.set(), cancel=threading.Event()))  # the "next request": admitted
+
+    def run(job: Job) -> None:
+        job.then = then
+
+    def failing_then() -> None:
+        raise RuntimeError("callback bug")
+
+    try:
+        q.submit(Job(run=run, cancel=threading.Event()))
+        assert answered.wait(5)
+        assert seen == [(0, 0)]
+        q.submit(Job(run=lambda job: setattr(job, "then", failing_then), cancel=threading.Event()))
+        assert q.wait_idle(5)
+        again = threading.Event()
+        q.submit(Job(run=lambda _: again.set(), cancel=threading.Event()))  # the worker survived the failure
+        assert again.wait(5)
+    finally:
+        q.stop()
+
+
+def test_one_request_at_a_time_stays_on_one_warm_worker() -> None:
+    q = WorkQueue(workers=3, max_queue=0)
+    names: list[str] = []
+    try:
+        for _ in range(6):
+            done = threading.Event()
+            q.submit(
+                Job(
+                    run=lambda _, d=done: names.append(threading.current_thread().name) or d.set(),
+                    cancel=threading.Event(),
+                )
+            )
+            assert done.wait(5)
+            assert q.wait_idle(5)
+    finally:
+        q.stop()
+    assert len(names) == 6 and len(set(names[1:])) == 1  # the worker idle last takes the next job

@@ -42,6 +42,26 @@ def test_both_backends_give_the_same_greedy_output(load_model, serving_model_dir
     assert og_model.count_prompt_tokens(CHAT) == fl_model.count_prompt_tokens(CHAT)
 
 
+def test_ort_genai_tokenizes_a_counted_prompt_once(load_model, serving_model_dir, monkeypatch) -> None:
+    """Serving counts a prompt at admission, then generates from it: template and tokenizer run once."""
+    model = load_model("ort-genai", serving_model_dir)
+    params = GenParams(max_new_tokens=6)
+    expected = model.generate_text(CHAT, params)
+    renders: list[Prompt] = []
+    real_render = model.render
+    monkeypatch.setattr(model, "render", lambda prompt: renders.append(prompt) or real_render(prompt))
+    prompt = Prompt.chat([{"role": "user", "content": "turn on the lights in the kitchen"}])
+    count = model.count_prompt_tokens(prompt)
+    events = list(model.generate(prompt, params, threading.Event()))
+    assert len(renders) == 1
+    assert events[-1].prompt_tokens == count and "".join(e.text for e in events) == expected
+    other = Prompt.chat([{"role": "user", "content": "unlock the server room"}])
+    model.count_prompt_tokens(other)
+    list(model.generate(other, params, threading.Event()))
+    list(model.generate(prompt, params, threading.Event()))  # ids are used once: this one tokenizes anew
+    assert renders == [prompt, other, prompt]
+
+
 def test_cancel_stops_within_a_token(runtime_name, load_model, long_context_model_dir) -> None:
     model = load_model(runtime_name, long_context_model_dir)
     cancel = threading.Event()
