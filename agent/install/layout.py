@@ -4,6 +4,9 @@
       install/state.json               the install state machine's snapshot
       current.json, previous.json      pointers {"name", "version"} (written atomically)
       models/<name>/<version>/         a model folder exactly as its manifest lists it, plus
+      models/<name>/<version>+<profile>/  the same version's variant for another profile (the device's profile
+                                       changed while it ran <version>); "+..." is local build metadata, as in
+                                       semver: reports to the controller name <version>
       models/<name>/<version>/.slmops/ manifest.json + manifest.sig of that version
       models/<name>/.staging-<version>/ a version being assembled (renamed into place when complete)
       downloads/<sha>.part, <sha>      partial and complete downloads (content addressed)
@@ -40,6 +43,23 @@ def check_ref(ref: ModelRef) -> ModelRef:
                 f"model {what} '{value[:80]}' cannot be a folder name: use letters, digits and . _ + -"
             )
     return ref
+
+
+VARIANT_SEP = "+"
+
+
+def public_ref(ref: ModelRef) -> ModelRef:
+    """The version the controller knows: ``1+cpu-int4`` (a local variant folder) is version ``1``."""
+    return ModelRef(ref.name, ref.version.split(VARIANT_SEP, 1)[0])
+
+
+def variant_ref(ref: ModelRef, profile: str) -> ModelRef:
+    """The local name of ``ref``'s variant for ``profile``, installed beside another variant of that version."""
+    return check_ref(ModelRef(ref.name, f"{public_ref(ref).version}{VARIANT_SEP}{profile}"))
+
+
+def same_variant(a: Manifest, b: Manifest) -> bool:
+    return (a.name, a.version, a.profile, a.precision, a.files) == (b.name, b.version, b.profile, b.precision, b.files)
 
 
 def check_file_path(path: str) -> PurePosixPath:
@@ -133,7 +153,8 @@ class Layout:
             mtime = side.stat().st_mtime
         except (OSError, InvalidArgument):
             return None
-        return Installed(ModelRef(manifest.name, manifest.version), folder, manifest, mtime)
+        # the folder's name is the local ref (``<version>`` or ``<version>+<profile>``)
+        return Installed(ModelRef(folder.parent.name, folder.name), folder, manifest, mtime)
 
     def installed(self) -> list[Installed]:
         found = []

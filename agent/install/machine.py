@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from agent.install import steps
-from agent.install.layout import Layout, check_file_path, check_ref
+from agent.install.layout import Layout, check_file_path, check_ref, public_ref, same_variant, variant_ref
 from agent.install.statefile import InstallRecord, Snapshot, StateFile
 from agent.install.states import (
     AFTER_ACTIVATION,
@@ -112,12 +112,13 @@ class InstallMachine:
         return self.state not in TERMINAL
 
     def current_version(self) -> tuple[str, str] | None:
+        """The running (name, version) as the controller knows it (without a local ``+<profile>``)."""
         ref = self.layout.read_pointer("current")
-        return (ref.name, ref.version) if ref else None
+        return (ref.name, public_ref(ref).version) if ref else None
 
     def previous_version(self) -> tuple[str, str] | None:
         ref = self.layout.read_pointer("previous")
-        return (ref.name, ref.version) if ref else None
+        return (ref.name, public_ref(ref).version) if ref else None
 
     def current_dir(self) -> Path | None:
         return self.layout.current_dir()
@@ -161,14 +162,15 @@ class InstallMachine:
             raise
         if self.busy:
             rec = self.record
-            if rec.kind == "install" and rec.ref == ref and rec.manifest_json == manifest_json:
+            if rec.kind == "install" and public_ref(rec.ref) == ref and rec.manifest_json == manifest_json:
                 return False
             raise FailedPrecondition(
                 f"an install of {rec.ref} is in progress ({self.state}); abort() it before starting {ref}"
             )
-        if self.layout.read_pointer("current") == ref and self.layout.is_complete(ref):
-            log.info("%s is already the current version: nothing to install", ref)
+        local = self._local_ref(ref, manifest)
+        if local is None:
             return False
+        ref = local
         last = self.snapshot.record
         if (
             not force
@@ -196,6 +198,23 @@ class InstallMachine:
         self._manifest = manifest
         self._transition(Event.START, f"installing {ref} ({manifest.total_size} bytes in {len(manifest.files)} files)")
         return True
+
+    def _local_ref(self, ref: ModelRef, manifest: Manifest) -> ModelRef | None:
+        """Where ``manifest`` goes on this agent: ``ref``, or ``<version>+<profile>`` when another variant of
+        that version is installed there (the device's profile changed); None when it already runs it."""
+        current = self.layout.read_pointer("current")
+        if current is not None and public_ref(current) == ref and self.layout.is_complete(current):
+            running = self.layout.read_installed(self.layout.version_dir(current))
+            if running is not None and same_variant(running.manifest, manifest):
+                log.info("%s (%s) is already the current version: nothing to install", ref, manifest.profile)
+                return None
+        for candidate in (ref, variant_ref(ref, manifest.profile)):
+            installed = self.layout.read_installed(self.layout.version_dir(candidate))
+            if installed is None or same_variant(installed.manifest, manifest):
+                if candidate != ref:
+                    log.info("%s: installing the variant for profile %s as %s", ref, manifest.profile, candidate)
+                return candidate
+        raise FailedPrecondition(f"{ref}: the folders for this version hold other variants than {manifest.profile}")
 
     def rollback_to_previous(self) -> State:
         """Make the previous version current again (the controller rolled the rollout back); runs to the end."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from agent.install.layout import public_ref
 from agent.install.states import ModelRef, State, Transition
 from shared.pb import agent_pb2, common_pb2
 
@@ -23,7 +24,7 @@ def transition_to_pb(t: Transition, agent_id: str) -> agent_pb2.InstallReport:
     return agent_pb2.InstallReport(
         agent_id=agent_id,
         rollout_id=t.rollout_id,
-        model=ref_to_pb(t.model),
+        model=ref_to_pb(public_ref(t.model) if t.model else None),  # a local "<version>+<profile>" is <version>
         from_state=state_to_pb(t.from_state),
         to_state=state_to_pb(t.to_state),
         event=str(t.event),

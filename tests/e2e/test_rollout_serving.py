@@ -134,3 +134,49 @@ def test_controller_restart_mid_rollout_continues(fleet: LocalFleet, publish: Ca
     fleet.admin("ResumeRollout", admin_pb2.RolloutRequest(rollout_id=rollout_id))
     r = wait_rollout(fleet, rollout_id, DONE)
     assert [t.state for t in r.targets] == ["healthy"] * 3
+
+
+def test_device_moved_to_another_profile_mid_rollout_gets_that_variant(  # type: ignore[no-untyped-def]
+    fleet: LocalFleet, publish: Callable[..., str]
+) -> None:
+    from controller.auth import create_enrollment_token
+
+    v1 = publish()
+    for name in ("edge-1", "edge-2"):
+        fleet.add_agent(name, "cpu-int4")
+    fleet.wait_for_devices(2)
+    rollout_id = create(fleet, v1, waves=[50, 100], soak_s=40)  # stays active while the first wave soaks
+    deadline = time.time() + 120
+    while time.time() < deadline and not any((a.data_dir / "install" / "current.json").exists() for a in fleet.agents):
+        time.sleep(0.3)
+    moved = next(
+        a for a in fleet.agents if (a.data_dir / "install" / "current.json").exists()
+    )  # the first wave's device
+    assert f'"version": "{v1}"' in (moved.data_dir / "install" / "current.json").read_text()
+
+    # The operator re-pins the device to cpu-fp32 (a restart with --profile; re-enrolling takes a new token).
+    moved.stop()
+    assert fleet.server is not None
+    token, _ = create_enrollment_token(fleet.server.app.store, ttl_s=600, max_uses=1, description="re-pin")
+    args = list(moved.args)
+    args[args.index("--token") + 1], args[args.index("--profile") + 1] = token, "cpu-fp32"
+    moved.args, moved.profile = args, "cpu-fp32"
+    moved.start()
+
+    # The controller switches its target to v1's fp32 variant; the agent installs it beside the int4 one.
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        current = (moved.data_dir / "install" / "current.json").read_text()
+        r = fleet.admin("GetRollout", admin_pb2.RolloutRequest(rollout_id=rollout_id))
+        fp32 = [t for t in r.targets if t.profile == "cpu-fp32"]  # type: ignore[attr-defined]
+        if f"{v1}+cpu-fp32" in current and fp32 and fp32[0].state == "healthy":
+            break
+        time.sleep(0.3)
+    else:
+        raise AssertionError(f"not switched: {current} {r}\n{moved.log_path.read_text()[-2000:]}")
+    device = next(d for d in fleet.devices() if d.profile == "cpu-fp32")
+    assert (device.installed.name, device.installed.version) == ("tiny", v1)  # the controller's name for it
+    answer = client(fleet, fleet.agents.index(moved)).chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=4
+    )
+    assert answer.choices[0].message.content is not None

@@ -100,8 +100,10 @@ class Publisher:
     work: Path
     made: dict[str, Manifest] = field(default_factory=dict)
 
-    def publish(self, name: str, version: str, files: dict[str, bytes]) -> tuple[bytes, bytes, Manifest]:
-        folder = self.work / f"{name}-{version}"
+    def publish(
+        self, name: str, version: str, files: dict[str, bytes], profile: str = "cpu-test"
+    ) -> tuple[bytes, bytes, Manifest]:
+        folder = self.work / f"{name}-{version}-{profile}"
         for rel, data in files.items():
             path = folder / rel
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -110,7 +112,7 @@ class Publisher:
         manifest = Manifest(
             name=name,
             version=version,
-            profile="cpu-test",
+            profile=profile,
             precision="int4",
             execution_provider="cpu",
             files=entries,

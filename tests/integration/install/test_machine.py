@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from agent.install import steps
+from agent.install.pb import transition_to_pb
 from agent.install.states import Event, State
 from agent.install.transfer import DiskSpaceError
 from shared.errors import FailedPrecondition, IntegrityError
@@ -57,6 +58,37 @@ def test_already_current_version_is_a_no_op(make_agent, publisher):
     data, sig, _ = publisher.publish("m", "v1", model_files("v1"))
     assert machine.start(data, sig) and machine.run_to_completion() == State.DONE
     assert machine.start(data, sig) is False
+
+
+def test_profile_change_installs_the_other_variant_of_the_same_version(make_agent, publisher, servicer, agent_dir):
+    """The device's profile changed while it runs v1: the controller now wants v1's variant for the new profile."""
+    machine = make_agent()
+    int4, int4_sig, _ = publisher.publish("m", "v1", model_files("v1"), profile="cpu-int4")
+    fp32, fp32_sig, fp32_manifest = publisher.publish("m", "v1", model_files("v1"), profile="cpu-fp32")
+    assert machine.start(int4, int4_sig, "r1") and machine.run_to_completion() == State.DONE
+    assert machine.start(int4, int4_sig, "r1") is False  # the same variant: nothing to do
+
+    assert machine.start(fp32, fp32_sig, "r1") is True
+    assert machine.run_to_completion() == State.DONE
+    assert active(agent_dir) == "v1+cpu-fp32"  # installed beside the int4 variant, not over it
+    folder = agent_dir / "models" / "m" / "v1+cpu-fp32"
+    assert all(sha256_file(folder / f.path) == f.sha256 for f in fp32_manifest.files)
+    # the controller hears about version v1, as it knows it
+    assert machine.current_version() == ("m", "v1") and machine.previous_version() == ("m", "v1")
+    assert {(t.model.name, t.model.version) for t in machine.transitions if t.model} == {
+        ("m", "v1+cpu-fp32"),
+        ("m", "v1"),
+    }
+    reports = [transition_to_pb(t, "agt-1") for t in machine.transitions if t.model]
+    assert {(r.model.name, r.model.version) for r in reports} == {("m", "v1")}
+    assert machine.start(fp32, fp32_sig, "r1") is False
+
+    # back to the first profile: its variant is still installed, so it is activated again without a download
+    sent = servicer.bytes_sent
+    assert machine.start(int4, int4_sig, "r1") is True
+    assert machine.run_to_completion() == State.DONE
+    assert active(agent_dir) == "v1"
+    assert servicer.bytes_sent == sent
 
 
 def test_health_check_failure_rolls_back_to_previous(make_agent, publisher, agent_dir):
