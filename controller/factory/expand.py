@@ -63,19 +63,7 @@ def expand(
     data = recipe.data
     # --- data ------------------------------------------------------------------------------------------
     if data.task:
-        b.add(
-            "task-data",
-            "task-data",
-            {
-                "task": data.task,
-                "variant": data.variant,
-                "train_size": data.train_size,
-                "validation_size": data.validation_size,
-                "test_size": data.test_size,
-                "seed": data.seed,
-            },
-            [],
-        )
+        b.add("task-data", "task-data", _task_data_config(recipe, data.variant), [])
         train_ref, val_ref, test_ref = "task-data.train", "task-data.validation", "task-data.test"
         data_needs = ["task-data"]
     else:
@@ -320,6 +308,18 @@ def expand(
     return b.steps
 
 
+def _task_data_config(recipe: Recipe, variant: str) -> dict[str, Any]:
+    data = recipe.data
+    return {
+        "task": data.task,
+        "variant": variant,
+        "train_size": data.train_size,
+        "validation_size": data.validation_size,
+        "test_size": data.test_size,
+        "seed": data.seed,
+    }
+
+
 def _teacher_data(
     b: _Steps, recipe: Recipe, train_ref: str, data_needs: list[str], source: str
 ) -> tuple[str, list[str]]:
@@ -330,15 +330,7 @@ def _teacher_data(
         return train_ref, list(data_needs)
     sources, needs = [train_ref], list(data_needs)
     for variant in extra:
-        cfg = {
-            "task": data.task,
-            "variant": variant,
-            "train_size": data.train_size,
-            "validation_size": data.validation_size,
-            "test_size": data.test_size,
-            "seed": data.seed,
-        }
-        needs.append(b.add(f"task-data@{variant}", "task-data", cfg, []))
+        needs.append(b.add(f"task-data@{variant}", "task-data", _task_data_config(recipe, variant), []))
         sources.append(f"task-data@{variant}.train")
     merged = b.add("merge-data@teacher", "merge-data", {"sources": sources, "require_response": True}, needs)
     return f"{merged}.train", [*data_needs, merged]
