@@ -231,12 +231,16 @@ def run_demo(options: DemoOptions) -> int:
         learn_s = baseline_seconds(options)
         console.print(f"base traffic for {learn_s:.0f} s: the controller learns each version's drift baseline")
         production = production_clients(fleet)
-        deadline = time.time() + learn_s
-        while time.time() < deadline:
-            traffic_round(fleet, "base", options.requests, production=production)
-        console.rule("4. the traffic shifts (new vocabulary, phrasing, slot values)")
-        shifted = traffic_round(fleet, "shifted", options.requests, show=3)
-        events = wait_for_drift(fleet, options.requests // 2, production)
+        try:
+            deadline = time.time() + learn_s
+            while time.time() < deadline:
+                traffic_round(fleet, "base", options.requests, production=production)
+            console.rule("4. the traffic shifts (new vocabulary, phrasing, slot values)")
+            shifted = traffic_round(fleet, "shifted", options.requests, show=3)
+            events = wait_for_drift(fleet, options.requests // 2, production)
+        finally:
+            for client in production:
+                client.close()
         for e in events:
             console.print(f"drift {e.event_id}: {e.kind} on {e.profile} ({e.detector}/{e.metric} "
                           f"{e.statistic:.3g} > {e.threshold:.3g}) -> {e.action} {e.job_id}")  # fmt: skip
