@@ -88,7 +88,9 @@ def agent_run(args: argparse.Namespace) -> int:
     from agent.daemon import Agent
     from agent.install.tuning import tune_malloc_for_streaming
     from agent.settings import AgentSettings
+    from shared.lifecycle import exit_with_parent
 
+    exit_with_parent()  # when a supervisor (e.g. `slmops demo`) asked for it
     tune_malloc_for_streaming()
 
     settings = AgentSettings(

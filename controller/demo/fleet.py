@@ -17,19 +17,12 @@ from controller.auth import create_enrollment_token
 from controller.cli.common import AdminConnection
 from controller.settings import ControllerSettings
 from shared.errors import Unavailable
+from shared.lifecycle import PARENT_ENV
 from shared.pb import admin_pb2
 
 log = logging.getLogger(__name__)
 # Agents report a telemetry window every TELEMETRY_WINDOW_S seconds (the default is 60 s; demos run minutes).
 TELEMETRY_WINDOW_S = 5
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: on Linux, get SIGTERM when the demo process dies (no orphaned agents)."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def free_port() -> int:
@@ -54,11 +47,11 @@ class AgentProcess:
         return f"http://127.0.0.1:{self.serve_port}/v1"
 
     def start(self) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        # The agent stops itself when this process dies (no orphans; see exit_with_parent). No preexec_fn: code
+        # run between fork and exec is unsafe while gRPC threads run in this process.
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", PARENT_ENV: str(os.getpid())}
         with open(self.log_path, "ab") as fh:
-            self.proc = subprocess.Popen(
-                self.args, stdout=fh, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent
-            )
+            self.proc = subprocess.Popen(self.args, stdout=fh, stderr=subprocess.STDOUT, env=env)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> None:
         if self.proc and self.proc.poll() is None:

@@ -24,8 +24,8 @@ def test_demo_runs_the_whole_loop(tmp_path: Path, capsys: pytest.CaptureFixture[
     demo_dir = tmp_path / "demo"
     recipe = ROOT / "examples/recipes/quick.yaml"
     code = main(["demo", "--stage", "loop", "--dir", str(demo_dir), "--recipe", str(recipe), "--requests", "20"])
-    out = capsys.readouterr().out
-    assert code == 0, out[-4000:]
+    out, err = capsys.readouterr()
+    assert code == 0, out[-4000:] + err[-2000:]
     # build, seed table, staged rollout, answers with latency from both agents' HTTP endpoints
     assert "published smart-building-quick:1" in out and "Seed comparison" in out
     assert re.search(r"rollout ro-\w+ of smart-building-quick:1: succeeded", out)
