@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import yaml
-from sqlmodel import select
+from sqlmodel import Session, col, select
 
 from controller.rollout import engine as rollouts
 from controller.rollout.spec import RolloutConflict, RolloutSpec
@@ -45,16 +45,22 @@ def _source_job(app: ControllerApp, name: str, version: str) -> Job:
     return job
 
 
+PROMOTED = "loop:promoted:"  # KeyValue key prefix: job id -> what promote_finished_jobs decided
+
+
+def _promotions(session: Session) -> dict[str, str]:
+    """Every decision :func:`promote_finished_jobs` recorded, by job id."""
+    rows = session.exec(select(KeyValue).where(col(KeyValue.key).startswith(PROMOTED))).all()
+    return {row.key.removeprefix(PROMOTED): row.value for row in rows}
+
+
 def _answering_job(app: ControllerApp, name: str, version: str) -> Job | None:
     """A job already answering drift on ``name:version``: a retrain or re-optimize of the model still running,
     or a finished retrain from this very version whose result is (or is about to be) rolled out."""
     states = (*ACTIVE_JOB_STATES, "SUCCEEDED")
     with app.store.session() as s:
         jobs = s.exec(select(Job).where(Job.state.in_(states), Job.kind != "build")).all()  # type: ignore[attr-defined]
-        outcomes = {
-            k.key: k.value
-            for k in s.exec(select(KeyValue).where(KeyValue.key.startswith("loop:promoted:"))).all()  # type: ignore[attr-defined]
-        }
+        outcomes = _promotions(s)
     for job in sorted(jobs, key=lambda j: j.state not in ACTIVE_JOB_STATES):
         recipe = yaml.safe_load(job.recipe_yaml) or {}
         if recipe.get("name") != name:
@@ -62,7 +68,7 @@ def _answering_job(app: ControllerApp, name: str, version: str) -> Job | None:
         if job.state in ACTIVE_JOB_STATES:
             return job
         parent = str((recipe.get("lineage") or {}).get("parent_version", ""))
-        outcome = outcomes.get(f"loop:promoted:{job.job_id}")
+        outcome = outcomes.get(job.job_id)
         if job.kind == "retrain" and parent == version and (outcome is None or outcome.startswith("canary")):
             return job
     return None
@@ -217,7 +223,7 @@ def _beats_parent(app: ControllerApp, name: str, new: str, parent: str) -> tuple
 def promotion_of(app: ControllerApp, job_id: str) -> str:
     """What :func:`promote_finished_jobs` decided for a job's result ("" until it has)."""
     with app.store.session() as s:
-        row = s.get(KeyValue, f"loop:promoted:{job_id}")
+        row = s.get(KeyValue, PROMOTED + job_id)
     return row.value if row is not None else ""
 
 
@@ -228,10 +234,9 @@ def promote_finished_jobs(app: ControllerApp) -> list[str]:
         jobs = s.exec(
             select(Job).where(Job.state == "SUCCEEDED", Job.drift_event_id != "", Job.result_version != "")
         ).all()
-        done = {k.key for k in s.exec(select(KeyValue).where(KeyValue.key.startswith("loop:promoted:"))).all()}  # type: ignore[attr-defined]
+        done = _promotions(s)
     for job in jobs:
-        key = f"loop:promoted:{job.job_id}"
-        if key in done:
+        if job.job_id in done:
             continue
         with app.store.session() as s:
             event = s.get(DriftEventRow, job.drift_event_id)
@@ -257,5 +262,5 @@ def promote_finished_jobs(app: ControllerApp) -> list[str]:
             outcome = f"canary rollout {rollout_id} ({why})"
         log.info("job %s -> %s:%s: %s", job.job_id, job.result_name, job.result_version, outcome)
         with app.store.session() as s:
-            s.add(KeyValue(key=key, value=outcome))
+            s.add(KeyValue(key=PROMOTED + job.job_id, value=outcome))
     return created
