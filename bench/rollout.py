@@ -14,6 +14,10 @@
    A download ends with an fsync (the file must survive a crash before it is installed); the TCP baseline
    does not. ``durable_write_mb_s`` shows what that costs: the blob copied locally into a new file with the
    downloader's writeback and final fsync, no network. A download cannot be faster than that.
+   ``tcp_durable_mb_s`` is the raw TCP receiver doing the same writeback and fsync.
+   ``grpc_bare_mb_s`` is grpcio's own ceiling on this machine: a bare server stream of pre-built payloads that
+   the client only counts, alternated with memory-to-memory TCP (``grpc_bare_vs_tcp_memory``). When that ratio
+   is below the target, no download over grpcio from Python can reach it here (``bench/transfer_baselines.py``).
 3. Fleet: ``--agents`` downloaders (threads in one child process, each with its own connection) fetch the
    blob at once through the controller's download gate, while this process calls a cheap unary RPC in a
    loop: total time, aggregate throughput, and that RPC's p50/p99 latency idle and during the downloads.
@@ -28,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -44,7 +47,6 @@ sys.path.insert(0, str(REPO))
 import grpc  # noqa: E402
 
 from agent.install.grpc_fetch import CHANNEL_OPTIONS, grpc_fetch  # noqa: E402
-from agent.install.stream import Writeback  # noqa: E402
 from agent.install.transfer import RetryPolicy, download_file  # noqa: E402
 from agent.install.tuning import tune_malloc_for_streaming  # noqa: E402
 from controller.registry.blobs import BlobStore  # noqa: E402
@@ -53,8 +55,19 @@ from controller.registry.transfer_pb import add_agent_service, stream_artifact  
 from shared.manifest import FileEntry  # noqa: E402
 from shared.pb import agent_pb2, agent_pb2_grpc  # noqa: E402
 
-MB = 1_000_000
-BUF = 1 << 20
+sys.path.insert(0, str(REPO / "bench"))
+from transfer_baselines import (  # noqa: E402
+    MB,
+    bare_channel,
+    bare_grpc_transfer,
+    durable_write,
+    make_blob,
+    serve_bare_grpc,
+    serve_tcp,
+    tcp_durable_transfer,
+    tcp_file_transfer,
+    tcp_memory_transfer,
+)
 
 
 # --- child processes -------------------------------------------------------------------------------------
@@ -68,19 +81,6 @@ def _spawn(*args: str) -> tuple[subprocess.Popen, str]:
         proc.kill()
         raise RuntimeError(f"child {args[0]} did not start")
     return proc, line
-
-
-def serve_tcp(path: Path) -> None:
-    """Child: send ``path`` to every connection (readinto + sendall, like a plain file server)."""
-    srv = socket.create_server(("127.0.0.1", 0))
-    print(f"127.0.0.1:{srv.getsockname()[1]}", flush=True)
-    buf = bytearray(BUF)  # one reused buffer: no allocation per block, the fastest plain copy loop
-    view = memoryview(buf)
-    while True:
-        conn, _ = srv.accept()
-        with conn, open(path, "rb") as fh:
-            while n := fh.readinto(buf):
-                conn.sendall(view[:n])
 
 
 class BenchServicer(agent_pb2_grpc.AgentServiceServicer):
@@ -123,60 +123,6 @@ def serve_blobs(root: Path, workers: int, slots: int, chunk: int, wire: bool = T
 
 
 # --- measurements ----------------------------------------------------------------------------------------
-def tcp_file_transfer(address: str, dest: Path, expected: int) -> float:
-    """Receive the TCP server's file into ``dest``; returns MB/s."""
-    host, port = address.rsplit(":", 1)
-    buf = bytearray(BUF)
-    view = memoryview(buf)
-    got = 0
-    started = time.perf_counter()
-    with socket.create_connection((host, int(port))) as conn, open(dest, "wb") as out:
-        while n := conn.recv_into(buf):
-            out.write(view[:n])
-            got += n
-    elapsed = time.perf_counter() - started
-    if got != expected:
-        raise RuntimeError(f"TCP baseline moved {got} of {expected} bytes")
-    dest.unlink()
-    return got / elapsed / MB
-
-
-def tcp_memory_transfer(address: str, expected: int) -> float:
-    host, port = address.rsplit(":", 1)
-    buf = bytearray(BUF)
-    got = 0
-    started = time.perf_counter()
-    with socket.create_connection((host, int(port))) as conn:
-        while n := conn.recv_into(buf):
-            got += n
-    if got != expected:
-        raise RuntimeError(f"TCP baseline moved {got} of {expected} bytes")
-    return got / (time.perf_counter() - started) / MB
-
-
-def durable_write(src: Path, dest: Path) -> float:
-    """Copy ``src`` into a new file ``dest`` the way the downloader writes (writeback started as it goes, fsync
-    at the end), without any network; returns MB/s: the ceiling of a durable download on this disk."""
-    buf = bytearray(BUF)
-    view = memoryview(buf)
-    got = 0
-    started = time.perf_counter()
-    fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
-    try:
-        writeback = Writeback(fd, 0)
-        with open(src, "rb") as fh:
-            while n := fh.readinto(buf):
-                os.write(fd, view[:n])
-                got += n
-                writeback.wrote(got)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    elapsed = time.perf_counter() - started
-    dest.unlink()
-    return got / elapsed / MB
-
-
 def agent_channel(address: str, own_connection: bool = False) -> grpc.Channel:
     options = list(CHANNEL_OPTIONS)
     if own_connection:  # like a separate agent machine: do not share the TCP connection with other channels
@@ -291,18 +237,6 @@ def idle_rpc(address: str, seconds: float = 1.0) -> dict:
     return {"rpc_p50_ms": round(percentile(latencies, 50), 2), "rpc_p99_ms": round(percentile(latencies, 99), 2)}
 
 
-def make_blob(path: Path, size: int) -> Path:
-    """Random (incompressible, like weights) bytes; reused across runs when the size matches."""
-    if not path.exists() or path.stat().st_size != size:
-        with open(path, "wb") as fh:
-            left = size
-            while left:
-                n = min(left, 8 << 20)
-                fh.write(os.urandom(n))
-                left -= n
-    return path
-
-
 def run(args: argparse.Namespace) -> dict:
     tuned = not args.no_malloc_tuning and tune_malloc_for_streaming()  # as the agent does at start
     work = Path(args.work or tempfile.mkdtemp(prefix="slmops-bench-rollout-"))
@@ -317,7 +251,8 @@ def run(args: argparse.Namespace) -> dict:
     switch = str(args.switch_interval_ms)
     tcp_proc, tcp_addr = _spawn("serve-tcp", str(blob))
     grpc_proc, grpc_addr = _spawn("serve-blobs", *server_args, "wire", switch)
-    procs = [tcp_proc, grpc_proc]
+    bare_proc, bare_addr = _spawn("serve-bare", str(chunk), str(args.workers))
+    procs = [tcp_proc, grpc_proc, bare_proc]
     if not args.quick:
         pb_proc, pb_addr = _spawn("serve-blobs", *server_args, "protobuf", switch)
         procs.append(pb_proc)
@@ -327,15 +262,23 @@ def run(args: argparse.Namespace) -> dict:
         grpc_transfer(channel, entry, work / "dl")  # warm-up: connections, page cache, BDP window
         if pb_channel is not None:
             grpc_transfer(pb_channel, entry, work / "dl")
+        bare = bare_channel(bare_addr)
+        bare_grpc_transfer(bare, size)
         tcp_file_transfer(tcp_addr, work / "tcp.out", size)
-        tcp_runs, grpc_runs, pb_runs, disk_runs = [], [], [], []
+        tcp_runs, grpc_runs, pb_runs, disk_runs, tcp_durable_runs = [], [], [], [], []
         for _ in range(args.repeats):  # alternate, so all see the same load on a shared machine
             tcp_runs.append(tcp_file_transfer(tcp_addr, work / "tcp.out", size))
             grpc_runs.append(grpc_transfer(channel, entry, work / "dl"))
             if pb_channel is not None:
                 pb_runs.append(grpc_transfer(pb_channel, entry, work / "dl"))
             disk_runs.append(durable_write(blob, work / "disk.out"))
-        tcp_mem = max(tcp_memory_transfer(tcp_addr, size) for _ in range(args.repeats))
+            tcp_durable_runs.append(tcp_durable_transfer(tcp_addr, work / "tcp.out", size))
+        tcp_mem_runs, bare_runs = [], []
+        for _ in range(args.repeats):  # the protocol's own ceiling against raw TCP, memory to memory
+            tcp_mem_runs.append(tcp_memory_transfer(tcp_addr, size))
+            bare_runs.append(bare_grpc_transfer(bare, size))
+        tcp_mem, bare_best = max(tcp_mem_runs), max(bare_runs)
+        bare.close()
         channel.close()
         if pb_channel is not None:
             pb_channel.close()
@@ -361,6 +304,13 @@ def run(args: argparse.Namespace) -> dict:
         "tcp_file_mb_s": round(tcp_best, 1),
         "tcp_memory_mb_s": round(tcp_mem, 1),
         "grpc_protobuf_mb_s": round(max(pb_runs), 1) if pb_runs else None,
+        # grpcio's own ceiling: a bare server stream of pre-built payloads, counted and dropped by the client.
+        "grpc_bare_mb_s": round(bare_best, 1),
+        "grpc_bare_vs_tcp_memory": round(bare_best / tcp_mem, 3),
+        # How much of that ceiling the real download (file read, checks, durable write) keeps.
+        "transfer_vs_grpc_bare": round(grpc_best / bare_best, 3),
+        "tcp_durable_mb_s": round(max(tcp_durable_runs), 1),
+        "transfer_vs_tcp_durable": round(grpc_best / max(tcp_durable_runs), 3),
         "durable_write_mb_s": round(max(disk_runs), 1),
         # Best download against the best local durable write: how close the transfer is to the disk's limit.
         "transfer_vs_durable_write": round(grpc_best / max(disk_runs), 3),
@@ -368,6 +318,9 @@ def run(args: argparse.Namespace) -> dict:
         "grpc_protobuf_runs_mb_s": [round(x, 1) for x in pb_runs],
         "tcp_runs_mb_s": [round(x, 1) for x in tcp_runs],
         "durable_write_runs_mb_s": [round(x, 1) for x in disk_runs],
+        "tcp_durable_runs_mb_s": [round(x, 1) for x in tcp_durable_runs],
+        "tcp_memory_runs_mb_s": [round(x, 1) for x in tcp_mem_runs],
+        "grpc_bare_runs_mb_s": [round(x, 1) for x in bare_runs],
         "idle_rpc_p50_ms": idle["rpc_p50_ms"],
         "idle_rpc_p99_ms": idle["rpc_p99_ms"],
         "fleet": fleet_figures,
@@ -386,6 +339,8 @@ def main(argv: list[str] | None = None) -> None:
         return serve_tcp(Path(argv[1]))
     if argv and argv[0] == "serve-blobs":
         return serve_blobs(Path(argv[1]), int(argv[2]), int(argv[3]), int(argv[4]), argv[5] == "wire", float(argv[6]))
+    if argv and argv[0] == "serve-bare":
+        return serve_bare_grpc(int(argv[1]), int(argv[2]))
     if argv and argv[0] == "fleet":
         return fleet(argv[1], argv[2], int(argv[3]), int(argv[4]), Path(argv[5]), argv[6] == "tune")
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -408,6 +363,11 @@ def main(argv: list[str] | None = None) -> None:
         f"one agent: gRPC {figures['grpc_mb_s']} MB/s, TCP file-to-file {figures['tcp_file_mb_s']} MB/s, "
         f"TCP memory {figures['tcp_memory_mb_s']} MB/s -> transfer_vs_tcp {figures['transfer_vs_tcp']}; "
         f"local write + fsync {figures['durable_write_mb_s']} MB/s"
+    )
+    print(
+        f"ceilings: bare grpcio stream {figures['grpc_bare_mb_s']} MB/s = {figures['grpc_bare_vs_tcp_memory']} of "
+        f"TCP memory (the download keeps {figures['transfer_vs_grpc_bare']} of it); TCP + fsync "
+        f"{figures['tcp_durable_mb_s']} MB/s -> transfer_vs_tcp_durable {figures['transfer_vs_tcp_durable']}"
     )
     if fl:
         print(
