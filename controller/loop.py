@@ -31,7 +31,8 @@ log = logging.getLogger(__name__)
 PRECISION_LADDER = ["fp32", "fp16", "int8", "int4"]
 HOLDOUT_SHARE = 0.2
 # Accuracy a retrained version may lose on the (unshifted) test split and still be rolled out: at least this,
-# or the standard error of the parent's accuracy on that split when the split is small (sampling noise).
+# or, when the split is small, one standard error of the difference between the two measured accuracies
+# (both are estimates from the same n examples, so both carry sampling noise).
 REGRESSION_TOLERANCE = 0.02
 ACTIVE_JOB_STATES = ("QUEUED", "RUNNING")
 
@@ -181,14 +182,16 @@ def trigger_retrain(app: ControllerApp, model_name: str, profile: str, reason: s
     return app.jobs.get(job_id)
 
 
-def regression_tolerance(accuracy: float, n: int) -> float:
-    """How much test-split accuracy may drop: REGRESSION_TOLERANCE, or one standard error on ``n`` examples."""
+def regression_tolerance(theirs: float, ours: float, n: int) -> float:
+    """How much test-split accuracy may drop from ``theirs`` (the parent) to ``ours``, both measured on ``n``
+    examples: REGRESSION_TOLERANCE, or one standard error of the difference of the two accuracies."""
     if n <= 0:
         return REGRESSION_TOLERANCE
-    return max(REGRESSION_TOLERANCE, math.sqrt(accuracy * (1 - accuracy) / n))
+    variance = (theirs * (1 - theirs) + ours * (1 - ours)) / n
+    return max(REGRESSION_TOLERANCE, math.sqrt(variance))
 
 
-def _variant_verdict(m: dict[str, float], old: dict[str, float] | None, profile: str) -> tuple[bool, str]:
+def variant_verdict(m: dict[str, float], old: dict[str, float] | None, profile: str) -> tuple[bool, str]:
     """Better than the parent on the held-out production prompts, and no worse than it (beyond the tolerance)
     on the recipe's test split, which the fleet's unshifted traffic still looks like."""
     checks = []
@@ -197,7 +200,8 @@ def _variant_verdict(m: dict[str, float], old: dict[str, float] | None, profile:
         checks.append((ours > theirs, f"held-out prompts {ours:.3f} vs {theirs:.3f}"))
     if old is not None and "accuracy" in m and "accuracy" in old:
         ours, theirs = m["accuracy"], old["accuracy"]
-        tolerance = regression_tolerance(theirs, int(old.get("n", 0)))
+        n = min(int(old.get("n", 0)), int(m.get("n", old.get("n", 0))))  # the smaller sample, when they differ
+        tolerance = regression_tolerance(theirs, ours, n)
         ok = ours + tolerance >= theirs
         checks.append((ok, f"test split {ours:.3f} vs {theirs:.3f} (tolerance {tolerance:.3f})"))
     return all(ok for ok, _ in checks), f"{profile}: " + ", ".join(text for _, text in checks)
@@ -214,7 +218,7 @@ def _beats_parent(app: ControllerApp, name: str, new: str, parent: str) -> tuple
         metrics = json.loads(variant.metrics_json or "{}")
         if old is None and "parent_holdout_accuracy" not in metrics:
             continue
-        verdicts.append(_variant_verdict(metrics, old, variant.profile))
+        verdicts.append(variant_verdict(metrics, old, variant.profile))
     if not verdicts:
         return True, "no comparable variant in the parent version"
     return all(ok for ok, _ in verdicts), "; ".join(text for _, text in verdicts)

@@ -17,6 +17,7 @@ from controller.loop import (
     promotion_of,
     regression_tolerance,
     trigger_retrain,
+    variant_verdict,
 )
 from controller.registry.registry import VariantSpec
 from controller.rollout import engine as rollouts
@@ -154,6 +155,24 @@ def test_retrain_without_sampled_prompts_says_how_to_enable_them(app, tiny_og_mo
 
 
 def test_regression_tolerance_follows_the_test_split_size() -> None:
-    assert regression_tolerance(0.9, 0) == REGRESSION_TOLERANCE  # size unknown
-    assert regression_tolerance(0.85, 10_000) == REGRESSION_TOLERANCE  # large split: the floor
-    assert regression_tolerance(0.7, 60) == pytest.approx(0.0592, abs=1e-4)  # 60 examples: one standard error
+    assert regression_tolerance(0.9, 0.9, 0) == REGRESSION_TOLERANCE  # size unknown
+    assert regression_tolerance(0.85, 0.85, 10_000) == REGRESSION_TOLERANCE  # large split: the floor
+    # 60 examples: one standard error of the difference of two accuracies, sqrt(2 * 0.21 / 60)
+    assert regression_tolerance(0.7, 0.7, 60) == pytest.approx(0.0837, abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("ours", "theirs", "n", "accepted"),
+    [
+        (0.855, 0.880, 200, True),  # a demo retrain refused under the old one-sided rule: within noise
+        (0.800, 0.880, 200, False),  # a real regression on the unshifted split
+        (0.855, 0.880, 5000, False),  # the same drop measured on a large split is real
+    ],
+)
+def test_test_split_regression_is_judged_against_the_noise_of_both_figures(
+    ours: float, theirs: float, n: int, accepted: bool
+) -> None:
+    new = {"accuracy": ours, "n": n, "holdout_accuracy": 0.7, "parent_holdout_accuracy": 0.5}
+    ok, text = variant_verdict(new, {"accuracy": theirs, "n": n}, "cpu-int4")
+    assert ok is accepted
+    assert f"test split {ours:.3f} vs {theirs:.3f}" in text
