@@ -44,6 +44,7 @@ from agent.runtime.base import (
 )
 from agent.runtime.registry import register_runtime
 from shared.errors import Internal, ModelLoadError
+from shared.genai_seed import search_seed
 
 log = logging.getLogger(__name__)
 
@@ -163,8 +164,7 @@ class FoundryLocalModel(LoadedModel):
             search.temperature, search.top_p = params.temperature, params.top_p
             if params.top_k > 0:
                 search.top_k = params.top_k
-        if params.seed is not None:
-            search.seed = params.seed
+        search.seed = search_seed(params.seed, sampling=not params.greedy)
         return fl.RequestOptions(search=search)
 
     def generate(self, prompt: Prompt, params: GenParams, cancel: threading.Event) -> Iterator[TokenEvent]:

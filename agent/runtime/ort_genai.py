@@ -28,6 +28,7 @@ from agent.runtime.base import (
 )
 from agent.runtime.registry import register_runtime
 from shared.errors import InvalidArgument, ModelLoadError
+from shared.genai_seed import GREEDY_SEED, search_seed
 
 log = logging.getLogger(__name__)
 
@@ -119,8 +120,7 @@ class OrtGenaiModel(LoadedModel):
             options["top_p"] = params.top_p
             if params.top_k > 0:
                 options["top_k"] = params.top_k
-        if params.seed is not None:
-            options["random_seed"] = params.seed
+        options["random_seed"] = search_seed(params.seed, sampling=not params.greedy)
         if params.ignore_eos:
             options["min_length"] = max_length
         gp = self._og.GeneratorParams(self._model)
@@ -173,7 +173,7 @@ class OrtGenaiModel(LoadedModel):
         if len(ids) < 2:
             raise InvalidArgument("prompt_nll needs a text of at least 2 tokens")
         gp = self._og.GeneratorParams(self._model)
-        gp.set_search_options(max_length=len(ids) + 1)
+        gp.set_search_options(max_length=len(ids) + 1, random_seed=GREEDY_SEED)
         generator = self._og.Generator(self._model, gp)
         generator.append_tokens(ids)
         return mean_nll(np.asarray(generator.get_output("logits"))[0], ids)

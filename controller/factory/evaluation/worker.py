@@ -19,6 +19,7 @@ from typing import Any
 
 from controller.factory.evaluation.footprint import model_footprint
 from controller.factory.evaluation.scoring import load_scorer
+from shared.genai_seed import GREEDY_SEED
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,9 @@ class Generator:
         prompt = self.tokenizer.apply_chat_template(json.dumps(messages), add_generation_prompt=True)
         ids = self.tokenizer.encode(prompt)
         params = og.GeneratorParams(self.model)
-        params.set_search_options(max_length=len(ids) + max_new_tokens, do_sample=False, batch_size=1)
+        params.set_search_options(
+            max_length=len(ids) + max_new_tokens, do_sample=False, batch_size=1, random_seed=GREEDY_SEED
+        )
         gen = og.Generator(self.model, params)
         if self.adapters is not None:
             gen.set_active_adapter(self.adapters, self.adapter_name)

@@ -64,7 +64,9 @@ def provider_available(ep: str) -> bool:
 class EvaluateStage(Stage):
     name = "evaluate"
     config_cls = EvaluateConfig
-    version = "2"  # 2: peak RSS from VmHWM (per process, not inherited across fork+exec)
+    # 2: peak RSS from VmHWM (per process, not inherited across fork+exec); 3: generators get a random_seed
+    # (latency without std::random_device's per-generator cost, see shared/genai_seed.py)
+    version = "3"
 
     def validate(self, config: StageConfig, ctx_extras: dict[str, Any]) -> None:
         assert isinstance(config, EvaluateConfig)

@@ -145,3 +145,11 @@ def test_runtime_lora_adapter_switches_per_request(load_model, lora_model, tiny_
         model.generate_text(CHAT, GenParams(max_new_tokens=2, adapter="other"))
     with pytest.raises(InvalidArgument, match="does not exist"):
         model.load_adapter(lora_model["adapter"].with_suffix(".missing"), "x")
+
+
+def test_sampling_without_a_seed_stays_random(runtime_name, load_model, serving_model_dir) -> None:
+    """Every generator gets a random_seed (shared/genai_seed.py); without the caller's, sampled answers vary."""
+    model = load_model(runtime_name, serving_model_dir)
+    params = GenParams(max_new_tokens=16, temperature=1.5)
+    answers = {model.generate_text(CHAT, params) for _ in range(4)}
+    assert len(answers) > 1
