@@ -68,6 +68,7 @@ class AgentServices:
         )
         self._runtimes: dict[str, Runtime] = {}
         self._serving_runtime = ""  # name of the backend serving the current model
+        self._serving_dir: Path | None = None  # the folder whose model the serving slot holds
         self._manifests: dict[Path, Manifest] = {}
         self._desired: queue.Queue[agent_pb2.DesiredModel | None] = queue.Queue()
         self._stop = threading.Event()
@@ -84,7 +85,7 @@ class AgentServices:
 
     def stop(self) -> None:
         self._stop.set()
-        self.machine.abort("agent stopping")
+        self.machine.pause()  # an install in progress resumes at the next start, as after a crash
         self._desired.put(None)
         for thread in self._threads:
             thread.join(10)
@@ -117,6 +118,7 @@ class AgentServices:
         )
         self.serving.swap(model, manifest.version)
         self._serving_runtime = runtime.name
+        self._serving_dir = model_dir
         self.telemetry.set_model(manifest.name, manifest.version)
         self._manifests[model_dir] = manifest
         log.info("serving %s on %s (%s)", manifest.ref, model.active_provider, runtime.name)
@@ -141,6 +143,8 @@ class AgentServices:
         return result.ok, result.summary()
 
     def _health_check(self, model_dir: Path, manifest: Manifest) -> tuple[bool, str]:
+        if self._serving_dir != model_dir:  # an install resumed in HEALTH_CHECK after a restart: load it first
+            self._activate(model_dir)
         return self._check_current(manifest)
 
     # --- loops -----------------------------------------------------------------------------------------

@@ -92,6 +92,7 @@ class InstallMachine:
         self.max_transitions = max_transitions
         self.cancel_event = threading.Event()
         self._abort_reason = "aborted"
+        self._paused = False  # set by pause(): stop between steps, leave the saved state for resume()
         self._statefile = StateFile(self.layout.state_path)
         self.snapshot: Snapshot = self._statefile.load()
         self._manifest: Manifest | None = None
@@ -242,21 +243,33 @@ class InstallMachine:
         self._abort_reason = reason
         self.cancel_event.set()
 
+    def pause(self) -> None:
+        """Stop at the next step boundary and leave the saved state as it is (thread-safe; the agent is stopping).
+
+        Unlike :meth:`abort` nothing is rolled back or reported as failed: the next agent start resumes where
+        this one stopped, as after a crash. A download in progress keeps its partial files.
+        """
+        self._paused = True
+        self.cancel_event.set()
+
     def resume(self) -> State:
         """Continue whatever the state file says (call at agent start); returns the final state."""
+        self._paused = False
+        self.cancel_event.clear()
         if self.busy:
             log.info("resuming install of %s in state %s", self.record.ref, self.state)
         return self.run_to_completion()
 
     def run_to_completion(self) -> State:
-        while self.busy:
+        """Run until a terminal state, or until :meth:`pause` (then the state is where it stopped)."""
+        while self.busy and not self._paused:
             self.step()
         return self.state
 
     def step(self) -> State:
         """Run the current state's handler once and take the transition it leads to."""
         state = self.state
-        if state in TERMINAL:
+        if state in TERMINAL or self._paused:
             return state
         rec = self.record
         entries = rec.attempts.get(state, 0) + 1
@@ -264,7 +277,7 @@ class InstallMachine:
         self.save()  # the entry count is on disk before the handler runs: a crash loop trips the guard
         limit = self.state_limits.get(state, 10)
         if self.cancel_event.is_set() and state not in (State.CLEANUP, State.ROLLBACK):
-            event, message = Event.ABORT, self._abort_reason
+            event, message = (None, "paused") if self._paused else (Event.ABORT, self._abort_reason)
         elif entries > limit or rec.transitions >= self.max_transitions:
             event = Event.GUARD
             message = (
@@ -275,6 +288,11 @@ class InstallMachine:
                 message += f"; last error: {rec.error}"
         else:
             event, message = self._run_handler(state)
+        if event is None:  # paused: no transition; the next start runs this state again
+            rec.attempts[state] = entries - 1  # a clean stop is not a crash: the loop guard does not count it
+            self.save()
+            log.info("%s: stopped in %s; it resumes there at the next start", rec.ref, state)
+            return state
         if event in (Event.FAIL, Event.RETRY, Event.GUARD, Event.ABORT) and state not in (
             State.CLEANUP,
             State.ROLLBACK,
@@ -284,12 +302,13 @@ class InstallMachine:
         return self.state
 
     # --- internals ---------------------------------------------------------------------------------------
-    def _run_handler(self, state: State) -> tuple[Event, str]:
+    def _run_handler(self, state: State) -> tuple[Event | None, str]:
+        """The handler's event and message; ``None`` when :meth:`pause` interrupted it."""
         rec = self.record
         if state == State.DOWNLOAD and rec.last_event == Event.RETRY:
             delay = min(60.0, self.retry_backoff_s * 2 ** max(0, rec.attempts.get(state, 1) - 2))
             if self.cancel_event.wait(delay):
-                return Event.ABORT, self._abort_reason
+                return (None, "paused") if self._paused else (Event.ABORT, self._abort_reason)
         try:
             event = steps.HANDLERS[state](self)
             if event == Event.RETRY:
@@ -301,6 +320,9 @@ class InstallMachine:
                 return event, f"rolled back to {rec.prior_ref or 'nothing'}: {rec.error}"
             return event, ""
         except Cancelled as exc:
+            if self._paused:
+                rec.keep_partials = True
+                return None, exc.message
             rec.keep_partials = False
             return Event.ABORT if state not in (State.CLEANUP, State.ROLLBACK) else Event.FAIL, exc.message
         except TransferError as exc:

@@ -165,15 +165,16 @@ def test_device_moved_to_another_profile_mid_rollout_gets_that_variant(  # type:
 
     # The controller switches its target to v1's fp32 variant; the agent installs it beside the int4 one.
     deadline = time.time() + 120
+    current_json = moved.data_dir / "install" / "current.json"
     while time.time() < deadline:
-        current = (moved.data_dir / "install" / "current.json").read_text()
+        current = current_json.read_text() if current_json.exists() else "(no current.json)"
         r = fleet.admin("GetRollout", admin_pb2.RolloutRequest(rollout_id=rollout_id))
         fp32 = [t for t in r.targets if t.profile == "cpu-fp32"]  # type: ignore[attr-defined]
         if f"{v1}+cpu-fp32" in current and fp32 and fp32[0].state == "healthy":
             break
         time.sleep(0.3)
     else:
-        raise AssertionError(f"not switched: {current} {r}\n{moved.log_path.read_text()[-2000:]}")
+        raise AssertionError(f"not switched: {current} {r}\n{moved.log_path.read_text()[-6000:]}")
     device = next(d for d in fleet.devices() if d.profile == "cpu-fp32")
     assert (device.installed.name, device.installed.version) == ("tiny", v1)  # the controller's name for it
     answer = client(fleet, fleet.agents.index(moved)).chat.completions.create(

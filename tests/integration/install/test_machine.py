@@ -280,3 +280,57 @@ def test_a_version_that_failed_its_health_check_is_not_retried_in_the_same_rollo
     assert servicer.bytes_sent == sent
     assert machine.start(data, sig, "rollout-8")  # a new rollout (or force=True) tries again
     assert machine.run_to_completion() == State.FAILED
+
+
+def test_a_stopping_agent_leaves_its_install_to_resume_not_failed(make_agent, publisher, agent_dir):
+    """The agent stops (SIGTERM) while the new version is being activated: nothing is rolled back or reported
+    as failed; the next start checks its health and commits it, as after a crash at that point."""
+    first = make_agent()
+
+    def activate_then_stop(model_dir: Path) -> None:
+        (agent_dir / "active.txt").write_text(str(model_dir))
+        first.pause()  # the agent's stop() arrives while this step runs
+
+    first.activate = activate_then_stop
+    data, sig, _ = publisher.publish("m", "v1", model_files("v1"))
+    assert first.start(data, sig, "rollout-1")
+    assert first.run_to_completion() == State.HEALTH_CHECK  # the step it was in finished; the next did not start
+    reported = [t.to_state for t in first.transitions]
+    assert State.ROLLBACK not in reported and State.FAILED not in reported
+    assert first.step() == State.HEALTH_CHECK  # paused: no further step runs in this process
+
+    second = make_agent()  # the next agent start, on the same state file
+    assert second.state == State.HEALTH_CHECK
+    assert second.resume() == State.DONE
+    assert second.current_version() == ("m", "v1") and active(agent_dir) == "v1"
+
+
+def test_a_stop_mid_download_keeps_what_was_downloaded(make_agent, publisher, agent_dir, channel, servicer):
+    """A stop during DOWNLOAD interrupts the transfer; what arrived stays and the next start resumes."""
+    from agent.install.grpc_fetch import grpc_fetch
+
+    real = grpc_fetch(channel)
+    machine = None
+
+    def fetch_then_stop(sha256: str, offset: int, max_bps: int):
+        for i, chunk in enumerate(real(sha256, offset, max_bps)):
+            yield chunk
+            if i == 0 and machine is not None:
+                machine.pause()
+
+    machine = make_agent(fetch=fetch_then_stop)
+    weights = bytes(range(256)) * 12_000  # ~3 MB: several 1 MiB chunks
+    data, sig, _ = publisher.publish("m", "v1", model_files("v1", weights=weights))
+    assert machine.start(data, sig, "rollout-1")
+    assert machine.run_to_completion() == State.DOWNLOAD
+    assert [t.to_state for t in machine.transitions] == [State.DOWNLOAD]  # only the start was reported
+    kept = [p for p in (agent_dir / "downloads").iterdir() if p.suffix != ".part"]
+    assert kept  # the file that completed before the stop is not fetched again
+    kept_bytes = sum(p.stat().st_size for p in kept)
+    sent_before = servicer.bytes_sent
+
+    resumed = make_agent()
+    assert resumed.resume() == State.DONE
+    assert resumed.current_version() == ("m", "v1")
+    manifest = publisher.made["v1"]
+    assert servicer.bytes_sent - sent_before <= manifest.total_size - kept_bytes

@@ -1,7 +1,7 @@
 """Admission under load: 429 when full, cancellation on disconnect, model swap with zero failed requests.
 
 A long generation: greedy on the long-context tiny model with this prompt runs ~1900 tokens without an
-end-of-sequence token (~0.5-0.9 s) on both backends.
+end-of-sequence token (~0.2 s on a quiet 2-core machine, longer under load) on both backends.
 """
 
 from __future__ import annotations
@@ -77,8 +77,9 @@ def test_stream_disconnect_cancels_generation_and_frees_the_worker(busy_live) ->
 
 
 def test_non_stream_disconnect_cancels_generation(busy_live) -> None:
+    # The client gives up long before the ~0.2 s generation could end, so the server must notice and cancel.
     with pytest.raises(httpx.ReadTimeout):
-        httpx.post(f"{busy_live.url}/chat/completions", json=LONG, timeout=httpx.Timeout(30, read=0.15))
+        httpx.post(f"{busy_live.url}/chat/completions", json=LONG, timeout=httpx.Timeout(30, read=0.03))
     assert _wait_for(lambda: len(busy_live.records) == 1)
     rec = busy_live.records[0]
     assert rec["cancelled"] and rec["completion_tokens"] < 1900
