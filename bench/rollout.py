@@ -58,7 +58,6 @@ from shared.pb import agent_pb2, agent_pb2_grpc  # noqa: E402
 sys.path.insert(0, str(REPO / "bench"))
 from transfer_baselines import (  # noqa: E402
     MB,
-    bare_channel,
     bare_grpc_transfer,
     durable_write,
     make_blob,
@@ -262,7 +261,7 @@ def run(args: argparse.Namespace) -> dict:
         grpc_transfer(channel, entry, work / "dl")  # warm-up: connections, page cache, BDP window
         if pb_channel is not None:
             grpc_transfer(pb_channel, entry, work / "dl")
-        bare = bare_channel(bare_addr)
+        bare = agent_channel(bare_addr)
         bare_grpc_transfer(bare, size)
         tcp_file_transfer(tcp_addr, work / "tcp.out", size)
         tcp_runs, grpc_runs, pb_runs, disk_runs, tcp_durable_runs = [], [], [], [], []

@@ -7,15 +7,14 @@
 - ``durable_write``: the blob copied locally the way the downloader writes, no network: the disk's ceiling.
 - ``serve_bare_grpc`` / ``bare_grpc_transfer``: grpcio's own ceiling for a server stream on this machine. The
   server yields one pre-built payload of the chunk size again and again (no file, no encoding, no checks) and
-  the client counts the messages, with the agent's channel options. No artifact download written in Python
-  over grpcio can be faster than this.
+  the client counts the messages, on a channel with the agent's options (``rollout.agent_channel``). No
+  artifact download written in Python over grpcio can be faster than this.
 """
 
 from __future__ import annotations
 
 import os
 import socket
-import sys
 import time
 from collections.abc import Iterator
 from concurrent import futures
@@ -23,7 +22,6 @@ from pathlib import Path
 
 import grpc
 
-from agent.install.grpc_fetch import CHANNEL_OPTIONS
 from agent.install.stream import Writeback
 
 MB = 1_000_000
@@ -158,12 +156,3 @@ def bare_grpc_transfer(channel: grpc.Channel, size: int) -> float:
     if got != size:
         raise RuntimeError(f"bare gRPC stream moved {got} of {size} bytes")
     return got / elapsed / MB
-
-
-def bare_channel(address: str) -> grpc.Channel:
-    """A channel with the agent's download options (:data:`CHANNEL_OPTIONS`)."""
-    return grpc.insecure_channel(address, options=list(CHANNEL_OPTIONS))
-
-
-if __name__ == "__main__":  # pragma: no cover - children are started through bench/rollout.py
-    sys.exit("run bench/rollout.py")

@@ -38,6 +38,17 @@ def _build_job(app) -> Job:  # type: ignore[no-untyped-def]
     return job
 
 
+def _retrain_finished(app, job_id: str, event_id: str, parent: str, result: str) -> None:  # type: ignore[no-untyped-def]
+    """A drift event on ``parent`` and its retrain job ``job_id`` "finished" with version ``result``."""
+    with app.store.session() as s:
+        s.add(DriftEventRow(event_id=event_id, profile="cpu-int4", model_name="smart-building-demo",
+                            model_version=parent, kind="input"))  # fmt: skip
+        row = s.get(Job, job_id)
+        row.state, row.result_name, row.result_version = "SUCCEEDED", "smart-building-demo", result
+        row.drift_event_id = event_id
+        s.add(row)
+
+
 @pytest.fixture
 def app(controller):  # type: ignore[no-untyped-def]
     controller.app.jobs.stop()  # keep submitted jobs queued: this test drives the loop by hand
@@ -96,17 +107,7 @@ def test_regressing_retrain_is_not_rolled_out(app, tiny_og_model: dict[str, Path
     v1 = _publish(app, tiny_og_model["int4"], 0.9, build.job_id)
     retrain = _build_job(app)
     v2 = _publish(app, tiny_og_model["int4"], 0.5, retrain.job_id)
-    with app.store.session() as s:
-        s.add(DriftEventRow(event_id="drift-t2", profile="cpu-int4", model_name="smart-building-demo",
-                            model_version=v1, kind="input"))  # fmt: skip
-        row = s.get(Job, retrain.job_id)
-        row.state, row.result_name, row.result_version, row.drift_event_id = (
-            "SUCCEEDED",
-            "smart-building-demo",
-            v2,
-            "drift-t2",
-        )
-        s.add(row)
+    _retrain_finished(app, retrain.job_id, "drift-t2", v1, v2)
     assert promote_finished_jobs(app) == []
     assert rollouts.list_rollouts(app.store) == []
     # v2 was not rolled out, so drift seen again on v1 starts a new retrain instead of pointing at v2's job
@@ -129,16 +130,7 @@ def test_promotion_compares_on_the_held_out_production_prompts(  # type: ignore[
     v2 = app.registry.publish("smart-building-demo", [spec], {"parent_version": v1}, job_id=retrain.job_id)
     with app.store.session() as s:
         s.add(Device(agent_id="agt-1", hostname="h", profile="cpu-int4", last_seen=time.time()))
-        s.add(DriftEventRow(event_id="drift-h", profile="cpu-int4", model_name="smart-building-demo",
-                            model_version=v1, kind="input"))  # fmt: skip
-        row = s.get(Job, retrain.job_id)
-        row.state, row.result_name, row.result_version, row.drift_event_id = (
-            "SUCCEEDED",
-            "smart-building-demo",
-            v2,
-            "drift-h",
-        )
-        s.add(row)
+    _retrain_finished(app, retrain.job_id, "drift-h", v1, v2)
     created = promote_finished_jobs(app)
     assert bool(created) is promoted
     assert promotion_of(app, retrain.job_id).startswith("canary rollout" if promoted else "not rolled out")
