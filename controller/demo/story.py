@@ -165,17 +165,18 @@ def baseline_seconds(options: DemoOptions) -> float:
 def wait_for_drift(
     fleet: LocalFleet, n: int, production: list[Traffic], timeout: float = 240
 ) -> list[admin_pb2.DriftEvent]:
-    """Keep shifted traffic flowing until the controller records a drift event and its policy acts on it."""
+    """Keep shifted traffic flowing until the controller records a drift event and its policy starts a retrain
+    (a latency drift may come first and start a re-optimization, or nothing: the story waits for the retrain)."""
     deadline = time.time() + timeout
     first_seen = 0.0
     while time.time() < deadline:
         traffic_round(fleet, "shifted", n, production=production)
         events = fleet.admin("ListDriftEvents", admin_pb2.ListDriftEventsRequest()).events  # type: ignore[attr-defined]
-        if any(e.job_id for e in events):
+        if any(e.job_id and e.action == "retrain" for e in events):
             return list(events)
         first_seen = first_seen or (time.time() if events else 0.0)
         if first_seen and time.time() - first_seen > 30:
-            return list(events)  # detected, but the policy started no job (cooldown, approval mode, ...)
+            return list(events)  # detected, but the policy started no retrain (cooldown, approval mode, ...)
     raise Unavailable(f"no drift detected within {timeout:.0f}s of shifted traffic")
 
 
@@ -244,9 +245,9 @@ def run_demo(options: DemoOptions) -> int:
         for e in events:
             console.print(f"drift {e.event_id}: {e.kind} on {e.profile} ({e.detector}/{e.metric} "
                           f"{e.statistic:.3g} > {e.threshold:.3g}) -> {e.action} {e.job_id}")  # fmt: skip
-        job_id = next((e.job_id for e in events if e.job_id), "")
+        job_id = next((e.job_id for e in events if e.job_id and e.action == "retrain"), "")
         if not job_id:
-            raise Unavailable("the drift policy started no job: see `slmops drift list`")
+            raise Unavailable("the drift policy started no retrain: see `slmops drift list`")
         console.rule(f"5. retrain on sampled prompts (job {job_id})")
         follow(fleet.admin, job_id)
         new = fleet.admin("GetJob", admin_pb2.GetJobRequest(job_id=job_id)).result  # type: ignore[attr-defined]

@@ -148,7 +148,7 @@ def _check_group(
                 f.detection.threshold,
                 decision.action,
             )
-    return [DriftEvent.from_row(dispatch(store, actions, e)) for e in created]
+    return [DriftEvent.from_row(dispatch(store, actions, e, now)) for e in created]
 
 
 def _event_row(group: GroupKey, f: Finding, decision: Decision, mode: str, now: float) -> DriftEventRow:

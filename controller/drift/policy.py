@@ -7,7 +7,9 @@
 - In ``auto`` mode, no second action for the same (profile, model name) within ``cooldown_s``, and at
   most ``max_retrains_per_day`` drift retrains per profile per UTC day; an event past either limit gets
   action ``cooldown``. Both live in KeyValue rows, so they survive controller restarts.
-- If the action itself raises, the event keeps the error in its evidence and gets action ``failed``.
+- If the action itself raises, the event keeps the error in its evidence and gets action ``failed``, and the
+  cooldown and daily count it booked are given back: an action that started nothing must not hold off the
+  next drift (e.g. a latency drift on a profile already at its lowest precision before a quality drift).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from controller.drift.config import DriftConfig
 from controller.drift.events import DriftEvent, DriftEventNotFound
 from controller.store.db import Store
 from controller.store.tables import DriftEventRow, KeyValue
-from shared.errors import FailedPrecondition
+from shared.errors import FailedPrecondition, SlmopsError
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +79,17 @@ def _record_action(session: Session, profile: str, model_name: str, action: str,
         _put(session, retrain_count_key(profile, now), str(retrains_today(session, profile, now) + 1))
 
 
+def _release_action(session: Session, profile: str, model_name: str, action: str, booked_at: float) -> None:
+    """Undo :func:`_record_action` of an action that failed to start. The cooldown is only cleared while it
+    still holds this booking (a booking only happens when no other cooldown is running, so clearing it
+    restores the state before)."""
+    if _get(session, cooldown_key(profile, model_name)) == repr(booked_at):
+        _put(session, cooldown_key(profile, model_name), "")
+    if action == "retrain":
+        count = retrains_today(session, profile, booked_at)
+        _put(session, retrain_count_key(profile, booked_at), str(max(0, count - 1)))
+
+
 def decide(
     session: Session, mode: str, config: DriftConfig, profile: str, model_name: str, kind: str, now: float
 ) -> Decision:
@@ -100,21 +113,29 @@ def decide(
     return Decision(wanted, "drift policy: auto")
 
 
-def dispatch(store: Store, actions: DriftActions, row: DriftEventRow) -> DriftEventRow:
-    """Call the action the event's ``action`` names and store the job id (or the failure)."""
+def dispatch(store: Store, actions: DriftActions, row: DriftEventRow, booked_at: float) -> DriftEventRow:
+    """Call the action the event's ``action`` names and store the job id, or the failure (giving back the
+    cooldown and daily count that :func:`decide` booked at ``booked_at``)."""
     if row.action not in ("retrain", "reoptimize"):
         return row
+    failed = ""
     try:
         job_id = actions.retrain(row) if row.action == "retrain" else actions.reoptimize(row)
+    except SlmopsError as exc:  # refused for a reason the message names: no traceback needed
+        log.warning("drift event %s: %s not started: %s", row.event_id, row.action, exc.message)
+        failed = f"{row.action}: {type(exc).__name__}: {exc.message}"
     except Exception as exc:
         log.exception("drift event %s: %s failed", row.event_id, row.action)
-        evidence = json.loads(row.evidence_json or "{}")
-        evidence["action_error"] = f"{row.action}: {type(exc).__name__}: {exc}"
-        row.action, row.evidence_json = "failed", json.dumps(evidence)
+        failed = f"{row.action}: {type(exc).__name__}: {exc}"
     else:
         row.job_id = str(job_id or "")
         log.info("drift event %s: %s started job %s", row.event_id, row.action, row.job_id)
     with store.session() as s:
+        if failed:
+            _release_action(s, row.profile, row.model_name, row.action, booked_at)
+            evidence = json.loads(row.evidence_json or "{}")
+            evidence["action_error"] = failed
+            row.action, row.evidence_json = "failed", json.dumps(evidence)
         stored = s.get(DriftEventRow, row.event_id)
         if stored is not None:
             stored.action, stored.job_id, stored.evidence_json = row.action, row.job_id, row.evidence_json
@@ -135,4 +156,4 @@ def approve_event(store: Store, event_id: str, actions: DriftActions, now: float
         row.action = action_for(row.kind)
         _record_action(s, row.profile, row.model_name, row.action, now)
         s.add(row)
-    return DriftEvent.from_row(dispatch(store, actions, row))
+    return DriftEvent.from_row(dispatch(store, actions, row, now))

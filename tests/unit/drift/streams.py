@@ -10,6 +10,7 @@ import numpy as np
 from controller.drift.policy import DriftActions
 from controller.store.db import Store
 from controller.store.tables import DriftEventRow, TelemetryWindowRow
+from shared.errors import FailedPrecondition
 
 EDGES = [0, 8, 16, 24, 32, 48, 64, 96, 128, 256, 512]
 REQUESTS = 100
@@ -64,10 +65,13 @@ class RecordingActions(DriftActions):
 
     calls: list[tuple[str, str, str]] = field(default_factory=list)
     fail: bool = False
+    refuse: tuple[str, ...] = ()  # actions refused the way the closed loop refuses what it cannot do
 
     def _job(self, action: str, event: DriftEventRow) -> str:
         if self.fail:
             raise RuntimeError("factory queue is full")
+        if action in self.refuse:
+            raise FailedPrecondition(f"{event.profile} already runs int4: no lower precision to try")
         job_id = f"job-{len(self.calls) + 1}"
         self.calls.append((action, event.event_id, event.kind))
         return job_id

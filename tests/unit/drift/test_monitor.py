@@ -112,6 +112,30 @@ def test_cooldown_and_daily_retrain_cap(store: Store) -> None:
     assert [c[0] for c in actions.calls] == ["retrain"] * 3
 
 
+def test_an_action_that_did_not_start_holds_off_no_later_drift(store: Store) -> None:
+    """A failed action gives its cooldown and its daily retrain back: in the demo under CPU load, a latency drift
+    on an int4 profile (no lower precision to reoptimize to) used to block the quality drift that followed."""
+    rng = np.random.default_rng(10)
+    prof = profiles(cooldown_s=600, max_retrains_per_day=2)
+    refusing = RecordingActions(refuse=("reoptimize",))
+    end = shifted_run(store, rng, T0, latency=80.0)
+    (latency,) = run_drift_check(store, prof, refusing, now=end)
+    assert (latency.kind, latency.action) == ("latency", "failed")
+    assert "FailedPrecondition" in latency.evidence["action_error"] and refusing.calls == []
+    # a minute later, well within the cooldown, the same model's quality drifts: it is retrained
+    store_windows(store, series(rng, 15, end, latency=80.0, validity=0.75))
+    events = run_drift_check(store, prof, refusing, now=end + 60)
+    assert ("quality", "retrain") in [(e.kind, e.action) for e in events]
+    assert [c[0] for c in refusing.calls] == ["retrain"]
+    # a retrain that fails (the queue is full) does not count towards the day's two retrains either
+    shifted_run(store, rng, end + 700, version="2", validity=0.75)
+    (failed,) = run_drift_check(store, prof, RecordingActions(fail=True), now=end + 3400)
+    assert failed.action == "failed"
+    shifted_run(store, rng, end + 3400, version="3", validity=0.75)
+    (again,) = run_drift_check(store, prof, refusing, now=end + 6100)
+    assert again.action == "retrain", again.evidence["policy"]["reason"]
+
+
 def test_two_rounds_detection_works_again_after_the_new_version_rolls_out(store: Store) -> None:
     rng = np.random.default_rng(5)
     actions = RecordingActions()
