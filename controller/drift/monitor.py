@@ -29,7 +29,7 @@ from sqlmodel import col, select
 from controller.drift.baseline import baseline_metrics, load_baseline, merge_learned
 from controller.drift.config import DriftConfig, config_for
 from controller.drift.events import DriftEvent
-from controller.drift.policy import Decision, DriftActions, decide, dispatch
+from controller.drift.policy import Booking, Decision, DriftActions, decide, dispatch
 from controller.drift.watch import Finding, Watch
 from controller.store.db import Store
 from controller.store.tables import DetectorState, DriftEventRow, KeyValue, TelemetryWindowRow
@@ -122,7 +122,7 @@ def _check_group(
         findings.extend(watch.feed(w))
     if not new:
         return []
-    created: list[DriftEventRow] = []
+    created: list[tuple[DriftEventRow, Booking | None]] = []
     with store.session() as s:
         if watch.learned:
             merge_learned(s, *group, watch.learned, now)
@@ -135,7 +135,7 @@ def _check_group(
             decision = decide(s, profile.drift_policy, config, profile_name, model_name, f.kind, now)
             event = _event_row(group, f, decision, profile.drift_policy, now)
             s.add(event)
-            created.append(event)
+            created.append((event, decision.booking))
             log.warning(
                 "drift %s on %s %s:%s (%s on %s: %.3g > %.3g) -> %s",
                 f.kind,
@@ -148,7 +148,7 @@ def _check_group(
                 f.detection.threshold,
                 decision.action,
             )
-    return [DriftEvent.from_row(dispatch(store, actions, e, now)) for e in created]
+    return [DriftEvent.from_row(dispatch(store, actions, e, booking)) for e, booking in created]
 
 
 def _event_row(group: GroupKey, f: Finding, decision: Decision, mode: str, now: float) -> DriftEventRow:

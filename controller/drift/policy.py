@@ -40,10 +40,20 @@ class DriftActions(Protocol):
     def reoptimize(self, event: DriftEventRow) -> str: ...
 
 
+@dataclass(frozen=True)
+class Booking:
+    """The cooldown and daily count an action booked at ``at``, with the cooldown it replaced: an action that
+    fails to start gives them back."""
+
+    at: float
+    previous_cooldown: str
+
+
 @dataclass
 class Decision:
     action: str
     reason: str
+    booking: Booking | None = None
 
 
 def action_for(kind: str) -> str:
@@ -73,21 +83,22 @@ def retrains_today(session: Session, profile: str, now: float) -> int:
     return int(_get(session, retrain_count_key(profile, now)) or 0)
 
 
-def _record_action(session: Session, profile: str, model_name: str, action: str, now: float) -> None:
+def _record_action(session: Session, profile: str, model_name: str, action: str, now: float) -> Booking:
+    booking = Booking(now, _get(session, cooldown_key(profile, model_name)))
     _put(session, cooldown_key(profile, model_name), repr(now))
     if action == "retrain":
         _put(session, retrain_count_key(profile, now), str(retrains_today(session, profile, now) + 1))
+    return booking
 
 
-def _release_action(session: Session, profile: str, model_name: str, action: str, booked_at: float) -> None:
-    """Undo :func:`_record_action` of an action that failed to start. The cooldown is only cleared while it
-    still holds this booking (a booking only happens when no other cooldown is running, so clearing it
-    restores the state before)."""
-    if _get(session, cooldown_key(profile, model_name)) == repr(booked_at):
-        _put(session, cooldown_key(profile, model_name), "")
+def _release_action(session: Session, profile: str, model_name: str, action: str, booking: Booking) -> None:
+    """Undo :func:`_record_action` for an action that failed to start; the cooldown goes back to what it was
+    unless another action has booked it since."""
+    if _get(session, cooldown_key(profile, model_name)) == repr(booking.at):
+        _put(session, cooldown_key(profile, model_name), booking.previous_cooldown)
     if action == "retrain":
-        count = retrains_today(session, profile, booked_at)
-        _put(session, retrain_count_key(profile, booked_at), str(max(0, count - 1)))
+        count = retrains_today(session, profile, booking.at)
+        _put(session, retrain_count_key(profile, booking.at), str(max(0, count - 1)))
 
 
 def decide(
@@ -109,13 +120,13 @@ def decide(
         )
     if wanted == "retrain" and retrains_today(session, profile, now) >= config.max_retrains_per_day:
         return Decision("cooldown", f"{config.max_retrains_per_day} drift retrains already today for profile {profile}")
-    _record_action(session, profile, model_name, wanted, now)
-    return Decision(wanted, "drift policy: auto")
+    booking = _record_action(session, profile, model_name, wanted, now)
+    return Decision(wanted, "drift policy: auto", booking)
 
 
-def dispatch(store: Store, actions: DriftActions, row: DriftEventRow, booked_at: float) -> DriftEventRow:
+def dispatch(store: Store, actions: DriftActions, row: DriftEventRow, booking: Booking | None) -> DriftEventRow:
     """Call the action the event's ``action`` names and store the job id, or the failure (giving back the
-    cooldown and daily count that :func:`decide` booked at ``booked_at``)."""
+    ``booking`` that :func:`decide` or :func:`approve_event` made for it)."""
     if row.action not in ("retrain", "reoptimize"):
         return row
     failed = ""
@@ -132,7 +143,8 @@ def dispatch(store: Store, actions: DriftActions, row: DriftEventRow, booked_at:
         log.info("drift event %s: %s started job %s", row.event_id, row.action, row.job_id)
     with store.session() as s:
         if failed:
-            _release_action(s, row.profile, row.model_name, row.action, booked_at)
+            if booking is not None:
+                _release_action(s, row.profile, row.model_name, row.action, booking)
             evidence = json.loads(row.evidence_json or "{}")
             evidence["action_error"] = failed
             row.action, row.evidence_json = "failed", json.dumps(evidence)
@@ -154,6 +166,6 @@ def approve_event(store: Store, event_id: str, actions: DriftActions, now: float
         if row.action != "pending_approval":
             raise FailedPrecondition(f"drift event {event_id} is not waiting for approval (action: {row.action})")
         row.action = action_for(row.kind)
-        _record_action(s, row.profile, row.model_name, row.action, now)
+        booking = _record_action(s, row.profile, row.model_name, row.action, now)
         s.add(row)
-    return DriftEvent.from_row(dispatch(store, actions, row, now))
+    return DriftEvent.from_row(dispatch(store, actions, row, booking))

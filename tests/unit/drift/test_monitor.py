@@ -13,9 +13,10 @@ from controller.drift.baseline import baseline_metrics
 from controller.drift.config import config_for
 from controller.drift.events import DriftEventNotFound
 from controller.drift.monitor import state_key
+from controller.drift.policy import cooldown_key
 from controller.drift.watch import Watch
 from controller.store.db import Store
-from controller.store.tables import Baseline, DetectorState, DriftEventRow, TelemetryWindowRow
+from controller.store.tables import Baseline, DetectorState, DriftEventRow, KeyValue, TelemetryWindowRow
 from shared.errors import FailedPrecondition
 from shared.profiles import DeviceProfile
 from tests.unit.drift.streams import EDGES, RecordingActions, series, store_windows
@@ -134,6 +135,19 @@ def test_an_action_that_did_not_start_holds_off_no_later_drift(store: Store) -> 
     shifted_run(store, rng, end + 3400, version="3", validity=0.75)
     (again,) = run_drift_check(store, prof, refusing, now=end + 6100)
     assert again.action == "retrain", again.evidence["policy"]["reason"]
+
+
+def test_an_approved_action_that_fails_leaves_the_earlier_cooldown_in_place(store: Store) -> None:
+    rng = np.random.default_rng(11)
+    prof = profiles("approve", cooldown_s=600)
+    end = shifted_run(store, rng, T0, validity=0.75)
+    (first,) = run_drift_check(store, prof, RecordingActions(), now=end)
+    assert approve_event(store, first.event_id, RecordingActions(), now=end + 10).action == "retrain"
+    shifted_run(store, rng, end, version="2", validity=0.75)
+    (second,) = run_drift_check(store, prof, RecordingActions(), now=end + 2700)
+    assert approve_event(store, second.event_id, RecordingActions(fail=True), now=end + 2710).action == "failed"
+    with store.session() as s:  # the cooldown still dates from the approval that started a job
+        assert s.get(KeyValue, cooldown_key("edge", "assistant")).value == repr(end + 10)  # type: ignore[union-attr]
 
 
 def test_two_rounds_detection_works_again_after_the_new_version_rolls_out(store: Store) -> None:
