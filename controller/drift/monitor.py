@@ -10,7 +10,9 @@ baseline, so detection works again after a drift-triggered version rolls out.
 Baseline: the Baseline row of the group (captured at evaluation or canary time); figures it lacks are
 learned from the group's first ``baseline_windows`` windows and stored in it (a new row gets
 ``source="canary"``). Each detection becomes a DriftEventRow with its evidence; the policy
-(``controller/drift/policy.py``) decides and the action is called after the event is committed.
+(``controller/drift/policy.py``) decides and the action is called after the event is committed. When one
+check finds several kinds for a group, quality and input drift are decided before latency drift: a retrain
+rebuilds every variant, and the cooldown it books must not go to a re-optimization first.
 
 Run one check at a time (the scheduler's job has ``max_instances=1``).
 """
@@ -29,7 +31,7 @@ from sqlmodel import col, select
 from controller.drift.baseline import baseline_metrics, load_baseline, merge_learned
 from controller.drift.config import DriftConfig, config_for
 from controller.drift.events import DriftEvent
-from controller.drift.policy import Booking, Decision, DriftActions, decide, dispatch
+from controller.drift.policy import Booking, Decision, DriftActions, action_for, decide, dispatch
 from controller.drift.watch import Finding, Watch
 from controller.store.db import Store
 from controller.store.tables import DetectorState, DriftEventRow, KeyValue, TelemetryWindowRow
@@ -131,7 +133,7 @@ def _check_group(
         row.last_window_end = max(row.last_window_end, *(w.end_unix for w in new))
         row.updated_at = now
         s.add(row)
-        for f in findings:
+        for f in sorted(findings, key=lambda f: action_for(f.kind) != "retrain"):  # stable: retrains first
             decision = decide(s, profile.drift_policy, config, profile_name, model_name, f.kind, now)
             event = _event_row(group, f, decision, profile.drift_policy, now)
             s.add(event)

@@ -137,6 +137,14 @@ def test_an_action_that_did_not_start_holds_off_no_later_drift(store: Store) -> 
     assert again.action == "retrain", again.evidence["policy"]["reason"]
 
 
+def test_quality_and_latency_drift_in_one_check_retrain_first(sqlite_store: Store) -> None:
+    actions = RecordingActions()
+    end = shifted_run(sqlite_store, np.random.default_rng(12), T0, latency=80.0, validity=0.75)
+    events = run_drift_check(sqlite_store, profiles(cooldown_s=600), actions, now=end)
+    assert [(e.kind, e.action) for e in events] == [("quality", "retrain"), ("latency", "cooldown")]
+    assert [c[0] for c in actions.calls] == ["retrain"]
+
+
 def test_an_approved_action_that_fails_leaves_the_earlier_cooldown_in_place(store: Store) -> None:
     rng = np.random.default_rng(11)
     prof = profiles("approve", cooldown_s=600)
