@@ -133,7 +133,7 @@ def _check_group(
         row.last_window_end = max(row.last_window_end, *(w.end_unix for w in new))
         row.updated_at = now
         s.add(row)
-        for f in sorted(findings, key=lambda f: action_for(f.kind) != "retrain"):  # stable: retrains first
+        for f in sorted(findings, key=lambda finding: action_for(finding.kind) != "retrain"):  # stable: retrains first
             decision = decide(s, profile.drift_policy, config, profile_name, model_name, f.kind, now)
             event = _event_row(group, f, decision, profile.drift_policy, now)
             s.add(event)
