@@ -1,9 +1,9 @@
 """The ``random_seed`` search option every onnxruntime-genai generator gets.
 
 Without one, onnxruntime-genai seeds each new ``og.Generator`` from ``std::random_device``. On some virtual
-machines that call is very slow: 12-14 ms per generator on this project's CI machine, more than a small model
-needs to answer (``python bench/serve.py`` prints both costs). With a seed given, creating a generator takes
-microseconds. So every generator gets one:
+machines that call is very slow (12-15 ms per generator on one of this project's CI machines, about 1 ms on
+another), more than a small model needs to answer (``python bench/serve.py`` prints both costs). With a seed
+given, creating a generator takes well under a millisecond. So every generator gets one:
 
 - the caller's (the OpenAI ``seed`` field): the same seed, the same sampled answer;
 - when sampling without one, a fresh seed from the operating system, so answers stay random;

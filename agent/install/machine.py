@@ -277,7 +277,7 @@ class InstallMachine:
         self.save()  # the entry count is on disk before the handler runs: a crash loop trips the guard
         limit = self.state_limits.get(state, 10)
         if self.cancel_event.is_set() and state not in (State.CLEANUP, State.ROLLBACK):
-            event, message = (None, "paused") if self._paused else (Event.ABORT, self._abort_reason)
+            event, message = self._interrupted()
         elif entries > limit or rec.transitions >= self.max_transitions:
             event = Event.GUARD
             message = (
@@ -302,13 +302,17 @@ class InstallMachine:
         return self.state
 
     # --- internals ---------------------------------------------------------------------------------------
+    def _interrupted(self) -> tuple[Event | None, str]:
+        """What a set cancel event means: no event when :meth:`pause` set it, else ABORT with its reason."""
+        return (None, "paused") if self._paused else (Event.ABORT, self._abort_reason)
+
     def _run_handler(self, state: State) -> tuple[Event | None, str]:
         """The handler's event and message; ``None`` when :meth:`pause` interrupted it."""
         rec = self.record
         if state == State.DOWNLOAD and rec.last_event == Event.RETRY:
             delay = min(60.0, self.retry_backoff_s * 2 ** max(0, rec.attempts.get(state, 1) - 2))
             if self.cancel_event.wait(delay):
-                return (None, "paused") if self._paused else (Event.ABORT, self._abort_reason)
+                return self._interrupted()
         try:
             event = steps.HANDLERS[state](self)
             if event == Event.RETRY:
