@@ -12,6 +12,7 @@ import grpc
 
 from agent.install.grpc_fetch import CHANNEL_OPTIONS as DOWNLOAD_CHANNEL_OPTIONS
 from shared.errors import InvalidArgument, PermissionDenied, SlmopsError, Unauthenticated, Unavailable, UnknownProfile
+from shared.grpc_hints import explain_unavailable
 from shared.pb import agent_pb2, agent_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -22,10 +23,6 @@ CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 30_000),
     ("grpc.enable_retries", 1),
 ]
-TLS_HINT = (
-    "TLS handshake with the controller failed: its certificate is not signed by the CA this agent trusts "
-    "({ca}). Check --ca-cert (the controller's <data-dir>/tls/ca.pem) or enroll again"
-)
 
 
 def make_channel(address: str, ca_pem: bytes | None) -> grpc.Channel:
@@ -35,14 +32,11 @@ def make_channel(address: str, ca_pem: bytes | None) -> grpc.Channel:
     return grpc.secure_channel(address, creds, options=CHANNEL_OPTIONS)
 
 
-def translate(exc: grpc.RpcError, address: str, ca_label: str = "") -> SlmopsError:
+def translate(exc: grpc.RpcError, address: str, ca_label: str = "", insecure: bool = False) -> SlmopsError:
     """A gRPC failure as a project error with a message that says what to do."""
     code, details = exc.code(), exc.details() or ""
     if code == grpc.StatusCode.UNAVAILABLE:
-        lowered = details.lower()
-        if "ssl" in lowered or "handshake" in lowered or "certificate" in lowered:
-            return Unavailable(TLS_HINT.format(ca=ca_label or "pinned CA") + f" [{details}]")
-        return Unavailable(f"controller unreachable at {address}: {details}")
+        return Unavailable(explain_unavailable(details, address, ca_label, insecure))
     if code == grpc.StatusCode.UNAUTHENTICATED:
         return Unauthenticated(details)
     if code == grpc.StatusCode.PERMISSION_DENIED:
@@ -65,30 +59,35 @@ class ControllerClient:
         self.address = address
         self.ca_label = ca_label
         self.timeout_s = timeout_s
+        self.insecure = ca_pem is None
         self.channel = make_channel(address, ca_pem)
         self.stub = agent_pb2_grpc.AgentServiceStub(self.channel)
         self.agent_id = ""
         self.secret = ""
+        # One list for the client's lifetime, updated in place: the telemetry sender and the artifact fetch hold
+        # it and read it per call, so credentials renewed by a re-enrollment reach them without rewiring.
+        self._metadata: list[tuple[str, str]] = []
 
     def set_credentials(self, agent_id: str, secret: str) -> None:
         self.agent_id, self.secret = agent_id, secret
+        self._metadata[:] = [("x-slmops-agent-id", agent_id), ("authorization", f"Bearer {secret}")]
 
     @property
     def metadata(self) -> list[tuple[str, str]]:
-        return [("x-slmops-agent-id", self.agent_id), ("authorization", f"Bearer {self.secret}")]
+        return self._metadata
 
     def call(self, method: str, request: object, timeout: float | None = None) -> object:
         fn = getattr(self.stub, method)
         try:
             return fn(request, metadata=self.metadata, timeout=timeout or self.timeout_s)
         except grpc.RpcError as exc:
-            raise translate(exc, self.address, self.ca_label) from exc
+            raise translate(exc, self.address, self.ca_label, self.insecure) from exc
 
     def enroll(self, request: agent_pb2.EnrollRequest) -> agent_pb2.EnrollResponse:
         try:
             return self.stub.Enroll(request, timeout=self.timeout_s)
         except grpc.RpcError as exc:
-            raise translate(exc, self.address, self.ca_label) from exc
+            raise translate(exc, self.address, self.ca_label, self.insecure) from exc
 
     def close(self) -> None:
         self.channel.close()

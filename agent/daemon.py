@@ -11,7 +11,7 @@ from pathlib import Path
 from agent import identity as ids
 from agent.client import Backoff, ControllerClient, retry_unavailable
 from agent.settings import AgentSettings
-from shared.errors import ConfigError
+from shared.errors import ConfigError, PermissionDenied, SlmopsError, Unauthenticated, Unavailable
 from shared.hardware import HardwareInfo, detect
 from shared.pb import agent_pb2, common_pb2
 
@@ -39,20 +39,8 @@ def _read_ca(settings: AgentSettings) -> bytes | None:
     return path.read_bytes()
 
 
-def enroll_or_load(settings: AgentSettings, hw: HardwareInfo) -> ids.Identity:
-    """The saved identity, or a new one from enrolling with the token (the CA is pinned then)."""
-    saved = ids.load(settings.data_dir)
-    if saved is not None:
-        if settings.profile and settings.profile != saved.profile:
-            log.info("pinned profile changed to %s: re-enrolling as %s", settings.profile, saved.agent_id)
-        else:
-            return saved
-    if not settings.enrollment_token:
-        raise ConfigError(
-            str(ids.identity_path(settings.data_dir)),
-            "",
-            "no saved identity: pass --token with an enrollment token from `slmops tokens create`",
-        )
+def _enroll(settings: AgentSettings, hw: HardwareInfo, saved: ids.Identity | None) -> ids.Identity:
+    """Enrolls with the settings' token; a saved identity is sent with its secret, as proof, to keep its id."""
     ca_pem = _read_ca(settings)
     client = ControllerClient(settings.controller, ca_pem, str(settings.ca_cert or ""))
     try:
@@ -63,6 +51,7 @@ def enroll_or_load(settings: AgentSettings, hw: HardwareInfo) -> ids.Identity:
                 pinned_profile=settings.profile,
                 agent_version=AGENT_VERSION,
                 previous_agent_id=saved.agent_id if saved else "",
+                previous_agent_secret=saved.agent_secret if saved else "",
             )
         )
     finally:
@@ -78,6 +67,23 @@ def enroll_or_load(settings: AgentSettings, hw: HardwareInfo) -> ids.Identity:
     ids.save(settings.data_dir, identity)
     log.info("enrolled as %s with profile %s", identity.agent_id, identity.profile)
     return identity
+
+
+def enroll_or_load(settings: AgentSettings, hw: HardwareInfo) -> ids.Identity:
+    """The saved identity, or a new one from enrolling with the token (the CA is pinned then)."""
+    saved = ids.load(settings.data_dir)
+    if saved is not None:
+        if settings.profile and settings.profile != saved.profile:
+            log.info("pinned profile changed to %s: re-enrolling as %s", settings.profile, saved.agent_id)
+        else:
+            return saved
+    if not settings.enrollment_token:
+        raise ConfigError(
+            str(ids.identity_path(settings.data_dir)),
+            "",
+            "no saved identity: pass --token with an enrollment token from `slmops tokens create`",
+        )
+    return _enroll(settings, hw, saved)
 
 
 class Agent:
@@ -96,6 +102,8 @@ class Agent:
         self.profile: common_pb2.Profile | None = None
         self.last_heartbeat = 0.0
         self._backoff = Backoff(max_s=settings.backoff_max_s)
+        self._refused = Backoff(base_s=5.0, max_s=max(settings.backoff_max_s, 5.0))
+        self.credentials_rejected = False
         self.services = _services(self)
 
     @property
@@ -125,11 +133,62 @@ class Agent:
         self.services.start()
         try:
             while not self.stop_event.is_set():
-                retry_unavailable(self.heartbeat_once, self.stop_event, self._backoff, "heartbeat")
-                self.stop_event.wait(self.interval_s)
+                self.stop_event.wait(self.beat())
         finally:
             self.services.stop()
             self.client.close()
+
+    def beat(self) -> float:
+        """One heartbeat (retried while the controller is unreachable); returns the seconds to the next.
+
+        A refusal never ends the agent: the installed model keeps serving. Rejected credentials (the device was
+        reset, or its secret no longer matches) are shown on ``/readyz`` and logged once; the agent backs off
+        and, when it has an enrollment token, enrolls again under its id, which the controller allows only after
+        an operator's `slmops devices reset`.
+        """
+        try:
+            retry_unavailable(self.heartbeat_once, self.stop_event, self._backoff, "heartbeat")
+        except (Unauthenticated, PermissionDenied) as exc:
+            return self._credentials_rejected(exc.message)
+        except SlmopsError as exc:
+            delay = self._refused.next_delay()
+            log.error("heartbeat refused by the controller: %s; retrying in %.0fs", exc.message, delay)
+            return delay
+        self._refused.reset()
+        if self.credentials_rejected:
+            self.credentials_rejected = False
+            log.warning("the controller accepts this agent's credentials again")
+            self.services.serving.set_controller_state("connected", "")
+        return self.interval_s
+
+    def _credentials_rejected(self, reason: str) -> float:
+        delay = self._refused.next_delay()
+        if not self.credentials_rejected:
+            self.credentials_rejected = True
+            log.error(
+                "the controller rejected this agent's credentials (%s); still serving the installed model, "
+                "retrying with backoff. An operator runs `slmops devices reset %s`, then this agent enrolls "
+                "again with an enrollment token (--token)",
+                reason,
+                self.agent_id,
+            )
+            self.services.serving.set_controller_state("credentials_rejected", reason)
+        if self.settings.enrollment_token and self._reenroll():
+            return 0.0
+        return delay
+
+    def _reenroll(self) -> bool:
+        """Tries to enroll again under this agent's id with the settings' token; True when it worked."""
+        try:
+            identity = _enroll(self.settings, self.hardware, self.identity)
+        except (Unauthenticated, PermissionDenied, Unavailable) as exc:
+            log.info("enrolling again as %s was refused: %s", self.agent_id, exc.message)
+            return False
+        if identity.agent_id != self.identity.agent_id:
+            log.warning("the controller issued a new id %s (it no longer knew %s)", identity.agent_id, self.agent_id)
+        self.identity = identity
+        self.client.set_credentials(identity.agent_id, identity.agent_secret)
+        return True
 
     def stop(self) -> None:
         self.stop_event.set()

@@ -1,11 +1,18 @@
 """Health check of a loaded model: golden outputs, latency budget, execution provider.
 
-Run after activation (a failure rolls the install back) and periodically. Three checks:
+Run after activation (a failure rolls the install back), at agent start, and periodically. Three checks:
 
 - ``golden``: each golden prompt (sent as a user chat message, or ``messages`` when given) must give exactly its
-  expected output under greedy decoding (surrounding whitespace ignored unless ``strip=False``). Generation
-  stops at end-of-sequence or after the expected output's token count + ``extra_tokens`` (or the item's
-  ``max_tokens``), so a model that keeps talking past the answer fails;
+  expected output under greedy decoding (surrounding whitespace ignored unless ``strip=False``); one mismatch
+  fails the check. Generation stops at end-of-sequence or after the expected output's token count +
+  ``extra_tokens`` (or the item's ``max_tokens``), so a model that keeps talking past the answer fails. The
+  factory stores ``evaluation.golden`` prompts per variant (16 by default): a model with damaged weights whose
+  answers differ half the time passes 5 prompts 1 time in 32, 16 prompts 1 time in 65536; the agent warns
+  when it loads a version with fewer than ``MIN_GOLDEN``. Activation and start check them all (16 take ~0.15 s on the
+  tiny test model); the periodic check takes a rotating window of them (:func:`golden_window`), so its cost
+  does not grow with the list and every prompt still comes round. Damaged files are caught before the model
+  loads by the sha256 check of the installed files (``agent/install/integrity.py``); golden outputs catch
+  what hashes cannot (a runtime or provider that computes differently on this device);
 - ``latency``: median time to first token, median request latency and decode tokens/s within the profile's
   ``max_ttft_ms``, ``max_latency_ms``, ``min_tokens_per_s`` (0 or missing = no limit);
 - ``provider``: the execution provider the runtime actually uses must be the profile's; a CPU fallback on a
@@ -29,6 +36,8 @@ from shared.errors import SlmopsError
 log = logging.getLogger(__name__)
 
 _PROBE = [{"role": "user", "content": "Hello"}]
+# Fewer golden prompts than this in a manifest may let a partly broken model pass (the agent warns at load).
+MIN_GOLDEN = 8
 
 
 @dataclass
@@ -167,6 +176,15 @@ def run_health_check(
     result = HealthResult(all(c.ok for c in checks), checks, figures)
     log.info("health check of %s: %s", model.model_id, result.summary())
     return result
+
+
+def golden_window(golden: list[Mapping[str, Any]], size: int, turn: int) -> list[Mapping[str, Any]]:
+    """The ``turn``-th window of ``size`` golden prompts, wrapping round (all of them when ``size`` covers the
+    list or is 0): successive turns visit every prompt."""
+    if not size or len(golden) <= size:
+        return list(golden)
+    start = (turn * size) % len(golden)
+    return [golden[(start + i) % len(golden)] for i in range(size)]
 
 
 def _figures(runs: list[_Run]) -> dict[str, float]:

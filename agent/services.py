@@ -1,5 +1,12 @@
 """What the agent runs besides heartbeats, wired in one place: the install state machine, the serving API
-over a runtime backend, health checks and telemetry."""
+over a runtime backend, health checks, checks of the installed files and telemetry.
+
+Threads: ``install`` drives the install machine (it is not thread-safe): resume, the check of the installed
+files at start (``integrity.py``: full sha256 before the model loads), each desired version, and the periodic
+scrub of the installed files, which runs there between installs when ``scrub_interval_s`` has passed;
+``health`` re-runs the health check of the served model every ``HEALTH_EVERY_S`` on ``PERIODIC_GOLDEN`` of its
+golden prompts, a different window each time.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +16,9 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agent.health import run_health_check
+from agent.health import MIN_GOLDEN, golden_window, run_health_check
 from agent.install.grpc_fetch import grpc_fetch
+from agent.install.integrity import AT_START, IN_SCRUB, IntegrityGuard, ScrubSchedule
 from agent.install.machine import InstallMachine
 from agent.install.pb import state_to_pb, transition_to_pb
 from agent.install.reporting import BufferedReporter
@@ -30,6 +38,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 HEALTH_EVERY_S = 60.0
+# Golden prompts per periodic health check: a rotating window, so the check's cost does not grow with the list
+# (activation and start check them all; see agent/health.py).
+PERIODIC_GOLDEN = 4
 
 
 class AgentServices:
@@ -46,6 +57,9 @@ class AgentServices:
             max_queue=s.max_queue,
             profile=agent.identity.profile,
             default_temperature=0.0,
+            max_body_bytes=s.max_body_bytes,
+            read_timeout_s=s.read_timeout_s,
+            metrics_require_key=s.metrics_require_key,
         )
         self.telemetry = TelemetryPipeline(
             self.data_dir / "telemetry",
@@ -57,6 +71,7 @@ class AgentServices:
         )
         self.serving = Serving(config, on_request=self.telemetry.record, on_feedback=self.telemetry.feedback)
         self.server = ServingServer(self.serving)
+        self._stop = threading.Event()
         self.machine = InstallMachine(
             self.data_dir / "install",
             grpc_fetch(agent.client.channel, agent.client.metadata),
@@ -64,14 +79,16 @@ class AgentServices:
             self._activate,
             self._health_check,
             BufferedReporter(self._send_transition),
+            deactivate=self._deactivate,
             keep_versions=s.keep_versions,
         )
+        self.integrity = IntegrityGuard(self.machine, max_bytes_per_s=s.max_bytes_per_s, cancel=self._stop)
+        self._scrub = ScrubSchedule(s.scrub_interval_s)
         self._runtimes: dict[str, Runtime] = {}
         self._serving_runtime = ""  # name of the backend serving the current model
         self._serving_dir: Path | None = None  # the folder whose model the serving slot holds
         self._manifests: dict[Path, Manifest] = {}
         self._desired: queue.Queue[agent_pb2.DesiredModel | None] = queue.Queue()
-        self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
     # --- lifecycle -------------------------------------------------------------------------------------
@@ -122,6 +139,21 @@ class AgentServices:
         self.telemetry.set_model(manifest.name, manifest.version)
         self._manifests[model_dir] = manifest
         log.info("serving %s on %s (%s)", manifest.ref, model.active_provider, runtime.name)
+        if len(manifest.golden) < MIN_GOLDEN:
+            log.warning(
+                "%s carries %d golden prompts: a partly broken model can pass so few; raise evaluation.golden in "
+                "its recipe (16 by default)",
+                manifest.ref,
+                len(manifest.golden),
+            )
+
+    def _deactivate(self) -> None:
+        """Serve nothing: a failed first install, or a damaged version being repaired with no other to serve."""
+        self.serving.slot.clear()
+        self._serving_dir = None
+        self.serving.set_health(False, "no verified model is installed")
+        self.telemetry.set_health(False)
+        log.warning("serving no model")
 
     def _budget(self, manifest: Manifest) -> dict[str, Any]:
         p = self.agent.profile
@@ -132,10 +164,12 @@ class AgentServices:
             )
         return budget
 
-    def _check_current(self, manifest: Manifest) -> tuple[bool, str]:
+    def _check_current(self, manifest: Manifest, golden: list[dict[str, str]] | None = None) -> tuple[bool, str]:
+        """Health-check the served model on ``golden`` (default: all of the manifest's golden prompts)."""
         lease = self.serving.slot.lease()
         try:
-            result = run_health_check(lease.model, manifest.golden, self._budget(manifest))
+            prompts = manifest.golden if golden is None else golden
+            result = run_health_check(lease.model, prompts, self._budget(manifest))
         finally:
             lease.release()
         self.serving.set_health(result.ok, result.summary(), result.figures)
@@ -149,9 +183,18 @@ class AgentServices:
 
     # --- loops -----------------------------------------------------------------------------------------
     def _load_current(self) -> None:
-        current = self.machine.current_dir()
-        if current is None or self.serving.slot.loaded:
+        """At start: check the current version's files against its signed manifest (full sha256) before they
+        load; a damaged version is repaired (the previous one serves meanwhile) or replaced. Then serve it."""
+        try:
+            self.integrity.check(AT_START)
+        except SlmopsError as exc:  # Cancelled: the agent is stopping
+            log.error("the check of the installed files did not finish (%s): not serving them", exc.message)
             return
+        finally:
+            self._scrub.done()
+        current = self.machine.current_dir()
+        if current is None or self._serving_dir == current:
+            return  # nothing installed, or a resumed install or the repair already serves it
         try:
             self._activate(current)
             self._check_current(self._manifests[current])
@@ -165,7 +208,11 @@ class AgentServices:
             log.error("resuming the interrupted install failed: %s", exc.message)
         self._load_current()
         while not self._stop.is_set():
-            desired = self._desired.get()
+            try:
+                desired = self._desired.get(timeout=self._scrub.seconds_left())
+            except queue.Empty:
+                self._scrub_installed()
+                continue
             if desired is None:
                 return
             while not self._desired.empty():  # only the newest wish counts
@@ -175,6 +222,16 @@ class AgentServices:
                 desired = newer
             self._install(desired)
 
+    def _scrub_installed(self) -> None:
+        """The periodic full check of the installed files; here, on the install thread, it never overlaps an
+        install (pointers and folders stay put while it hashes)."""
+        try:
+            self.integrity.check(IN_SCRUB)
+        except SlmopsError as exc:  # Cancelled: the agent is stopping
+            log.warning("the periodic scrub of the installed files stopped: %s", exc.message)
+        finally:
+            self._scrub.done()
+
     def _install(self, desired: agent_pb2.DesiredModel) -> None:
         try:
             started = self.machine.start(
@@ -182,6 +239,7 @@ class AgentServices:
                 desired.manifest.signature,
                 desired.rollout_id,
                 desired.max_bytes_per_s or self.agent.settings.max_bytes_per_s,
+                attempt=desired.attempt,
             )
             if started:
                 final = self.machine.run_to_completion()
@@ -190,12 +248,15 @@ class AgentServices:
             log.error("install of %s:%s refused: %s", desired.model.name, desired.model.version, exc.message)
 
     def _health_loop(self) -> None:
+        turn = 0
         while not self._stop.wait(HEALTH_EVERY_S):
             current = self.machine.current_dir()
-            if current is None or current not in self._manifests or self.machine.busy:
+            if current is None or current != self._serving_dir or current not in self._manifests or self.machine.busy:
                 continue
+            manifest = self._manifests[current]
             try:
-                ok, summary = self._check_current(self._manifests[current])
+                ok, summary = self._check_current(manifest, golden_window(manifest.golden, PERIODIC_GOLDEN, turn))
+                turn += 1
                 if not ok:
                     log.warning("periodic health check failed: %s", summary)
             except SlmopsError as exc:

@@ -8,10 +8,14 @@ path generates the same number of tokens:
 - the agent's HTTP API in its own process (``python -m agent.serving``) through the ``openai`` client,
   streaming and not: tokens/s and time to first streamed token;
 - transformers ``generate`` on the HF model (same prompt ids);
-- 8 concurrent clients: aggregate tokens/s, p50/p95 latency, errors.
+- 8 concurrent clients: aggregate tokens/s, p50/p95 latency, errors;
+- big bodies: 20 requests with 10 MB bodies (over the agent's 1 MiB ``max_body_bytes``) to a fresh server
+  process with the agent's malloc tuning: that process's RSS before and after (``rss_growth_big_bodies_pct``,
+  goal <= 5) and ``/healthz`` p99 latency while they arrive (``healthz_p99_during_big_ms``, goal <= 50).
 
 Prints a table, then as the last line one JSON object (``http_vs_inprocess``, ``ortgenai_vs_torch``,
-``concurrent_errors`` and the raw figures). Run: ``python bench/serve.py`` (~1-2 min on 2 cores).
+``concurrent_errors``, the big-body figures and the raw figures). Run: ``python bench/serve.py`` (~1-2 min on
+2 cores).
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from serve_limits import bench_big_bodies  # noqa: E402
 
 from shared.genai_seed import GREEDY_SEED  # noqa: E402
 
@@ -165,9 +171,9 @@ def bench_torch(hf_dir: Path, ids: list[int], tokens: int, reps: int) -> dict[st
 
 
 # --- HTTP --------------------------------------------------------------------------------------------------------
-def start_server(og_dir: Path, workers: int) -> tuple[subprocess.Popen[str], str]:
+def start_server(og_dir: Path, workers: int, *extra: str) -> tuple[subprocess.Popen[str], str]:
     cmd = [sys.executable, "-m", "agent.serving", "--model", str(og_dir), "--model-id", "bench", "--port", "0"]
-    cmd += ["--workers", str(workers), "--max-queue", "32", "--temperature", "0", "--version", "bench"]
+    cmd += ["--workers", str(workers), "--max-queue", "32", "--temperature", "0", "--version", "bench", *extra]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     line = proc.stdout.readline().strip()
@@ -272,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--clients", type=int, default=8)
     p.add_argument("--per-client", type=int, default=3)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--big-bodies", type=int, default=20, help="requests with a big body (RSS, /healthz latency)")
+    p.add_argument("--big-body-mb", type=float, default=10.0)
     args = p.parse_args(argv)
 
     from rich.console import Console
@@ -301,6 +309,10 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             proc.terminate()
             proc.wait(10)
+        console.print(f"{args.big_bodies} requests with {args.big_body_mb:g} MB bodies (a fresh server) ...")
+        big = bench_big_bodies(
+            start_server, _request, og_dir, args.workers, args.big_bodies, args.big_body_mb, args.tokens // 4
+        )
 
     og_tps = single["inproc_tokens_per_s"]
     http = single
@@ -318,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         "generator_create_ms": {k: round(v, 3) for k, v in create_ms.items()},
         "load_avg_1m": round(os.getloadavg()[0], 2),
         "concurrent": {k: (round(v, 1) if isinstance(v, float) else v) for k, v in conc.items()},
+        "big_bodies": {k: (round(v, 1) if isinstance(v, float) else v) for k, v in big.items()},
     }
     result = {
         # the weaker of streaming and non-streaming HTTP, against in-process generation
@@ -326,6 +339,9 @@ def main(argv: list[str] | None = None) -> int:
         "http_nonstream_vs_inprocess": round(http["nonstream_tokens_per_s"] / og_tps, 3),
         "ortgenai_vs_torch": round(og_tps / torch_fig["tokens_per_s"], 2) if torch_fig else None,
         "concurrent_errors": conc["errors"],
+        # goals: <= 5 and <= 50 (issue #12: one 10 MB body grew the agent 164 -> 472 MB and stalled /healthz 3.3 s)
+        "rss_growth_big_bodies_pct": round(big["rss_growth_pct"], 2),
+        "healthz_p99_during_big_ms": round(big["healthz_p99_ms"], 1),
         "seconds": round(time.perf_counter() - started, 1),
         **figures,
     }
@@ -360,6 +376,12 @@ def main(argv: list[str] | None = None) -> int:
         f"{conc['tokens_per_s']:.0f}",
         f"p95 lat {conc['latency_p95_ms']:.0f}",
         f"errors {conc['errors']}",
+    )
+    table.add_row(
+        f"{big['requests']} x {big['body_bytes'] / 1e6:.0f} MB bodies {big['statuses']}",
+        f"RSS {big['rss_before_mb']:.0f} -> {big['rss_after_mb']:.0f} MB",
+        f"healthz p99 {big['healthz_p99_ms']:.1f} ms",
+        f"RSS {big['rss_growth_pct']:+.1f}%",
     )
     Console().print(table)
     print(

@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from controller.auth import AgentAuthenticator, load_or_create_admin_token
+from controller.auth import AgentAuthenticator, FailureLimiter, load_or_create_admin_token
 from controller.catalog import ProfileCatalog
 from controller.settings import ControllerSettings
 from controller.store.db import Store
@@ -32,6 +32,7 @@ class ControllerApp:
     jobs: Any = None
     scheduler: Any = None
     download_gate: Any = None
+    enroll_limiter: FailureLimiter | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
     def close(self) -> None:
@@ -56,6 +57,7 @@ def build_app(settings: ControllerSettings) -> ControllerApp:
         tls=tls,
         signing_key=key,
         manifest_public_pem=public_pem(key),
+        enroll_limiter=FailureLimiter(settings.enroll_failure_limit, settings.enroll_failure_window_s),
     )
     try:  # TEMPORARY during integration
         _attach_factory(app)

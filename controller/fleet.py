@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import secrets
@@ -9,12 +10,12 @@ import time
 import uuid
 from dataclasses import dataclass
 
-from sqlmodel import select
+from sqlmodel import Session, select
 
-from controller.auth import consume_enrollment_token, digest
+from controller.auth import digest, use_enrollment_token
 from controller.store.db import Store
 from controller.store.tables import Device
-from shared.errors import InvalidArgument, NotFound
+from shared.errors import InvalidArgument, NotFound, PermissionDenied
 from shared.profiles import DeviceProfile, match_profile
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,27 @@ def _validate_hardware(hw: dict) -> None:
         raise InvalidArgument("hardware.cpu_cores must be > 0")
 
 
+def _claim(s: Session, agent_id: str, secret: str) -> Device | None:
+    """The device an enrollment may re-take, or None for a new id.
+
+    Callers never choose ids: an id this controller does not know gets a fresh one. A known id is taken only
+    with proof, its current secret, or after an operator's `slmops devices reset` (its secret hash is empty).
+    """
+    device = s.get(Device, agent_id) if agent_id else None
+    if device is None:
+        if agent_id:
+            log.info("enrollment named unknown agent id %s: issuing a new id", agent_id)
+        return None
+    if not device.secret_hash:
+        return device
+    if secret and hmac.compare_digest(device.secret_hash, digest(secret)):
+        return device
+    raise PermissionDenied(
+        f"agent id '{agent_id}' is enrolled already and the request did not prove its current secret; "
+        f"if that device lost its secret, an operator runs `slmops devices reset {agent_id}` first"
+    )
+
+
 def enroll(
     store: Store,
     profiles: dict[str, DeviceProfile],
@@ -49,17 +71,22 @@ def enroll(
     hardware: dict,
     pinned_profile: str = "",
     previous_agent_id: str = "",
+    previous_agent_secret: str = "",
 ) -> tuple[Device, str, DeviceProfile]:
-    """Checks the token, matches a profile and records the device; returns (device, secret, profile)."""
-    _validate_hardware(hardware)
-    profile = match_profile(profiles, hardware, pinned_profile)  # UnknownProfile before the token is spent
-    consume_enrollment_token(store, token)
+    """Checks the token, then the claim on an existing id, matches a profile and records the device.
+
+    Returns (device, secret, profile). Nothing is written, and the token is not spent, unless all pass: the
+    token is checked first, so a caller without one learns nothing (not even the profile names).
+    """
     secret = secrets.token_urlsafe(32)
     now = time.time()
     with store.session() as s:
-        device = s.get(Device, previous_agent_id) if previous_agent_id else None
+        use_enrollment_token(s, token)
+        _validate_hardware(hardware)
+        device = _claim(s, previous_agent_id, previous_agent_secret)
+        profile = match_profile(profiles, hardware, pinned_profile)
         if device is None:
-            device = Device(agent_id=previous_agent_id or f"agt-{uuid.uuid4().hex[:12]}", enrolled_at=now)
+            device = Device(agent_id=f"agt-{uuid.uuid4().hex[:12]}", enrolled_at=now)
         device.hostname = hardware["hostname"]
         device.hardware_json = json.dumps(hardware, sort_keys=True)
         device.profile = profile.name
@@ -69,6 +96,19 @@ def enroll(
         s.add(device)
     log.info("enrolled %s (%s) with profile %s", device.agent_id, device.hostname, profile.name)
     return device, secret, profile
+
+
+def reset_credentials(store: Store, agent_id: str) -> Device:
+    """Revokes a device's secret (an operator's action): its agent is refused until it enrolls again with a
+    valid enrollment token, and that enrollment may take the id without the old secret."""
+    with store.session() as s:
+        device = s.get(Device, agent_id)
+        if device is None:
+            raise NotFound(f"no device '{agent_id}' (see `slmops devices list`)")
+        device.secret_hash = ""
+        s.add(device)
+    log.warning("credentials of %s (%s) reset by an operator", agent_id, device.hostname)
+    return device
 
 
 def heartbeat(

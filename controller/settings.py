@@ -31,6 +31,10 @@ class ControllerSettings:
     loop_waves: list[int] = field(default_factory=lambda: [10, 100])
     loop_gate: str = "error_rate<=0.05"
     loop_soak_s: int = 30
+    # Failed enrollments (bad token, an id it may not take) one peer host may make per window before it is
+    # refused with RESOURCE_EXHAUSTED until the window has passed.
+    enroll_failure_limit: int = 10
+    enroll_failure_window_s: float = 60.0
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir)

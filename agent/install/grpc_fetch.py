@@ -98,7 +98,7 @@ class _GrpcFetch:
 
     def __init__(self, channel: grpc.Channel, metadata: Metadata, timeout_s: float | None) -> None:
         self.channel = channel
-        self.metadata = tuple(metadata)
+        self.metadata = metadata  # read per call: the agent renews credentials in place
         self.timeout_s = timeout_s
         self._call = channel.unary_stream(
             DOWNLOAD_METHOD,
@@ -108,7 +108,7 @@ class _GrpcFetch:
 
     def __call__(self, sha256: str, offset: int, max_bytes_per_s: int) -> Iterable[RawChunk]:
         request = agent_pb2.DownloadRequest(sha256=sha256, offset=offset, max_bytes_per_s=max_bytes_per_s)
-        return self._call(request, metadata=self.metadata, timeout=self.timeout_s)
+        return self._call(request, metadata=tuple(self.metadata), timeout=self.timeout_s)
 
 
 def grpc_fetch(channel: grpc.Channel, metadata: Metadata = (), timeout_s: float | None = None) -> FetchFn:

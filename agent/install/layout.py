@@ -11,7 +11,9 @@
       models/<name>/.staging-<version>/ a version being assembled (renamed into place when complete)
       downloads/<sha>.part, <sha>      partial and complete downloads (content addressed)
 
-Pointers are JSON files rather than symlinks so the same code runs on Windows edge machines.
+Pointers are JSON files rather than symlinks so the same code runs on Windows edge machines. Versions share
+identical files as hardlinks (same sha256), so installed files are never written in place: a repair replaces
+them. ``integrity.py`` checks installed versions against their sidecar manifests (docs/install.md).
 """
 
 from __future__ import annotations
@@ -101,7 +103,8 @@ class Layout:
 
     def is_complete(self, ref: ModelRef) -> bool:
         """True when the version folder exists with every manifest file at its size (it was verified before
-        it was renamed into place)."""
+        it was renamed into place; ``integrity.py`` hashes it again at start and in the periodic scrub, and
+        deletes files that fail, so a damaged version is not complete)."""
         folder = self.version_dir(ref)
         installed = self.read_installed(folder)
         if installed is None:
@@ -145,6 +148,11 @@ class Layout:
         side.mkdir(parents=True, exist_ok=True)
         (side / "manifest.sig").write_bytes(signature)
         write_atomic(side / "manifest.json", manifest_json)
+
+    def read_sidecar(self, folder: Path) -> tuple[bytes, bytes]:
+        """The installed manifest's bytes and signature (raises OSError when either is missing)."""
+        side = folder / SIDECAR
+        return (side / "manifest.json").read_bytes(), (side / "manifest.sig").read_bytes()
 
     def read_installed(self, folder: Path) -> Installed | None:
         side = folder / SIDECAR / "manifest.json"

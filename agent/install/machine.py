@@ -6,7 +6,7 @@ Usage on the agent::
 
     machine = InstallMachine(data_dir, fetch, pinned_key_pem, activate, health_check, report)
     machine.resume()                         # at start, before serving: finish or undo an interrupted install
-    if machine.start(manifest_json, signature, rollout_id, max_bytes_per_s):
+    if machine.start(manifest_json, signature, rollout_id, max_bytes_per_s, attempt=desired.attempt):
         machine.run_to_completion()          # on the agent's install thread
     machine.rollback_to_previous()           # when the controller rolls a rollout back
 
@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from agent.install import steps
-from agent.install.layout import Layout, check_file_path, check_ref, public_ref, same_variant, variant_ref
+from agent.install.admission import Admission
+from agent.install.layout import Layout, check_file_path, check_ref, public_ref
 from agent.install.statefile import InstallRecord, Snapshot, StateFile
 from agent.install.states import (
     AFTER_ACTIVATION,
@@ -96,6 +97,8 @@ class InstallMachine:
         self._statefile = StateFile(self.layout.state_path)
         self.snapshot: Snapshot = self._statefile.load()
         self._manifest: Manifest | None = None
+        # What was last said at INFO per kind of steady-state message (repeats go to DEBUG): one line per change.
+        self.admission = Admission(self.layout)
 
     # --- queries -----------------------------------------------------------------------------------------
     @property
@@ -142,13 +145,15 @@ class InstallMachine:
         rollout_id: str = "",
         max_bytes_per_s: int = 0,
         *,
+        attempt: int = 0,
         force: bool = False,
     ) -> bool:
         """Accept a desired version. Returns True when an install was started (drive it with
         :meth:`run_to_completion`), False when there is nothing to do: already current, already being
-        installed, or this very manifest already failed for this rollout in a way a retry cannot fix (bad
-        hashes, failed health check); ``force=True`` retries it anyway. A manifest whose signature does not
-        verify is refused: IntegrityError, state FAILED."""
+        installed, or this very manifest already failed for this rollout and ``attempt`` (the controller's
+        try of the rollout on this device; `slmops rollout resume` starts a new one) in a way a retry of the
+        same attempt cannot fix (bad hashes, failed health check); ``force=True`` retries it anyway. A
+        manifest whose signature does not verify is refused: IntegrityError, state FAILED."""
         try:
             manifest = verify(manifest_json, signature, self.key_pem)
             ref = check_ref(ModelRef(manifest.name, manifest.version))
@@ -168,54 +173,27 @@ class InstallMachine:
             raise FailedPrecondition(
                 f"an install of {rec.ref} is in progress ({self.state}); abort() it before starting {ref}"
             )
-        local = self._local_ref(ref, manifest)
+        local = self.admission.local_ref(ref, manifest, rollout_id)
         if local is None:
             return False
-        ref = local
-        last = self.snapshot.record
-        if (
-            not force
-            and self.state == State.FAILED
-            and last is not None
-            and not last.retryable
-            and last.rollout_id == rollout_id
-            and last.manifest_b64 == InstallRecord.encode(manifest_json)
-        ):
-            log.info("%s already failed in rollout %s (%s): not retrying it", ref, rollout_id, last.error)
+        refused = None if force else self.admission.refusal(self.snapshot, local, manifest_json, rollout_id, attempt)
+        if refused is not None:
+            if refused.first:  # the controller sees the device failed instead of waiting for its timeout
+                self._report(
+                    Transition(
+                        State.FAILED, State.FAILED, Event.REFUSED, refused.message, local, rollout_id, attempt=attempt
+                    )
+                )
             return False
+        ref = local
         self.cancel_event.clear()
         prior = self.layout.read_pointer("current")
-        record = InstallRecord(
-            kind="install",
-            name=ref.name,
-            version=ref.version,
-            rollout_id=rollout_id,
-            manifest_b64=InstallRecord.encode(manifest_json),
-            signature_b64=InstallRecord.encode(signature),
-            max_bytes_per_s=int(max_bytes_per_s or 0),
-            prior=[prior.name, prior.version] if prior else None,
+        self._begin(
+            InstallRecord.install(ref, manifest_json, signature, rollout_id, attempt, max_bytes_per_s, prior=prior)
         )
-        self._begin(record)
         self._manifest = manifest
         self._transition(Event.START, f"installing {ref} ({manifest.total_size} bytes in {len(manifest.files)} files)")
         return True
-
-    def _local_ref(self, ref: ModelRef, manifest: Manifest) -> ModelRef | None:
-        """Where ``manifest`` goes on this agent: ``ref``, or ``<version>+<profile>`` when another variant of
-        that version is installed there (the device's profile changed); None when it already runs it."""
-        current = self.layout.read_pointer("current")
-        if current is not None and public_ref(current) == ref and self.layout.is_complete(current):
-            running = self.layout.read_installed(self.layout.version_dir(current))
-            if running is not None and same_variant(running.manifest, manifest):
-                log.info("%s (%s) is already the current version: nothing to install", ref, manifest.profile)
-                return None
-        for candidate in (ref, variant_ref(ref, manifest.profile)):
-            installed = self.layout.read_installed(self.layout.version_dir(candidate))
-            if installed is None or same_variant(installed.manifest, manifest):
-                if candidate != ref:
-                    log.info("%s: installing the variant for profile %s as %s", ref, manifest.profile, candidate)
-                return candidate
-        raise FailedPrecondition(f"{ref}: the folders for this version hold other variants than {manifest.profile}")
 
     def rollback_to_previous(self) -> State:
         """Make the previous version current again (the controller rolled the rollout back); runs to the end."""
@@ -348,6 +326,7 @@ class InstallMachine:
     def _begin(self, record: InstallRecord) -> None:
         self.snapshot.record = record
         self._manifest = None
+        self.admission.forget()  # a new install is a change: the next steady state is said again
 
     def _transition(self, event: Event, message: str) -> None:
         rec = self.record
@@ -367,12 +346,14 @@ class InstallMachine:
         level = logging.WARNING if event in (Event.FAIL, Event.GUARD, Event.ABORT, Event.REJECTED) else logging.INFO
         log.log(level, "install %s: %s --%s--> %s %s", rec.ref, src, event, dst, message)
         model = rec.ref if rec.name != "?" else None
-        transition = Transition(src, dst, event, message, model, rec.rollout_id)
+        self._report(Transition(src, dst, event, message, model, rec.rollout_id, attempt=rec.rollout_attempt))
+
+    def _report(self, transition: Transition) -> None:
         if self.report_fn is not None:
             try:
                 self.report_fn(transition)
             except Exception as exc:  # reporting must never break or block an install
-                log.warning("reporting transition %s -> %s failed: %s", src, dst, exc)
+                log.warning("reporting transition %s -> %s failed: %s", transition.from_state, transition.to_state, exc)
 
     def save(self) -> None:
         self._statefile.save(self.snapshot)
@@ -383,3 +364,37 @@ class InstallMachine:
                 self.progress_fn(progress)
             except Exception as exc:
                 log.debug("progress callback failed: %s", exc)
+
+    # --- repairs (agent/install/integrity.py finds damaged installed files and calls this) -------------------
+    def reinstall(
+        self,
+        ref: ModelRef,
+        manifest_json: bytes,
+        signature: bytes,
+        reason: str,
+        *,
+        prior: ModelRef | None,
+        rollout_id: str = "",
+        rollout_attempt: int = 0,
+        no_reuse: Iterable[str] = (),
+        max_bytes_per_s: int = 0,
+    ) -> State:
+        """Install ``ref`` again (its installed files failed verification; ``reason`` says which, as the first
+        transition's message) and run to the end. ``prior`` serves meanwhile and stays current if it fails.
+        An unusable manifest is refused: REJECTED, state FAILED, nothing downloaded."""
+        if self.busy:
+            raise FailedPrecondition(f"an install of {self.record.ref} is in progress ({self.state}); repair after it")
+        self.cancel_event.clear()
+        record = InstallRecord.install(
+            ref, manifest_json, signature, rollout_id, rollout_attempt, max_bytes_per_s, prior=prior
+        )
+        record.no_reuse = sorted(set(no_reuse))
+        self._begin(record)
+        try:
+            self._manifest = verify(manifest_json, signature, self.key_pem)
+        except SlmopsError as exc:
+            self.record.error = f"{reason}; not installing it again: {exc.message}"
+            self._transition(Event.REJECTED, self.record.error)
+            return self.state
+        self._transition(Event.START, reason)
+        return self.run_to_completion()

@@ -30,4 +30,5 @@ def transition_to_pb(t: Transition, agent_id: str) -> agent_pb2.InstallReport:
         event=str(t.event),
         message=t.message,
         timestamp=t.timestamp,
+        attempt=t.attempt,
     )

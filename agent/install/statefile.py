@@ -8,7 +8,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,8 @@ class InstallRecord:
     name: str
     version: str
     rollout_id: str = ""
+    # The controller's try of this rollout on this device (DesiredModel.attempt; 0 from older controllers).
+    rollout_attempt: int = 0
     manifest_b64: str = ""
     signature_b64: str = ""
     max_bytes_per_s: int = 0
@@ -46,6 +48,31 @@ class InstallRecord:
     retryable: bool = True
     stats: dict[str, int] = field(default_factory=dict)
     started_unix: float = field(default_factory=time.time)
+
+    @classmethod
+    def install(
+        cls,
+        ref: ModelRef,
+        manifest_json: bytes,
+        signature: bytes,
+        rollout_id: str = "",
+        attempt: int = 0,
+        max_bytes_per_s: int = 0,
+        *,
+        prior: ModelRef | None = None,
+    ) -> InstallRecord:
+        """The record of an install of ``ref`` from its signed manifest; ``prior`` serves until it commits."""
+        return cls(
+            kind="install",
+            name=ref.name,
+            version=ref.version,
+            rollout_id=rollout_id,
+            rollout_attempt=int(attempt),
+            manifest_b64=cls.encode(manifest_json),
+            signature_b64=cls.encode(signature),
+            max_bytes_per_s=int(max_bytes_per_s or 0),
+            prior=[prior.name, prior.version] if prior else None,
+        )
 
     @property
     def ref(self) -> ModelRef:
@@ -91,6 +118,9 @@ class Snapshot:
         raw = json.loads(data)
         raw.pop("format", None)
         record = raw.pop("record", None)
+        if record:  # a field a newer agent added is dropped; one an older agent lacked takes its default
+            known = {f.name for f in fields(InstallRecord)}
+            record = {k: v for k, v in record.items() if k in known}
         return cls(
             state=State(raw.get("state", "IDLE")),
             record=InstallRecord(**record) if record else None,

@@ -38,6 +38,8 @@ class Event(StrEnum):
     REVERTED = "REVERTED"  # a failed install's previous version is active again
     RESTORED = "RESTORED"  # a rollback the controller asked for is done
     ROLLBACK_REQUESTED = "ROLLBACK_REQUESTED"
+    # Reported, not taken: the desired version already failed for this rollout and attempt (FAILED -> FAILED).
+    REFUSED = "REFUSED"
 
 
 TERMINAL = frozenset({State.IDLE, State.DONE, State.FAILED})
@@ -129,6 +131,7 @@ class Transition:
     model: ModelRef | None
     rollout_id: str = ""
     timestamp: float = field(default_factory=time.time)
+    attempt: int = 0  # the rollout attempt (DesiredModel.attempt) this transition belongs to
 
 
 @dataclass(frozen=True)

@@ -104,7 +104,7 @@ class OrtGenaiModel(LoadedModel):
             ids = self._recent_ids.pop(prompt, None)
         if ids is None:
             ids = self.encode(self.render(prompt))
-        if keep:
+        if keep and len(ids) < self.context_length:  # a prompt that cannot run is refused, not remembered
             with self._ids_lock:
                 self._recent_ids[prompt] = ids
                 while len(self._recent_ids) > _RECENT_PROMPTS:

@@ -34,6 +34,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--temperature", type=float, default=1.0, help="default when a request does not say")
     p.add_argument("--nll-sample-rate", type=float, default=1.0)
     p.add_argument("--stream-interval-ms", type=float, default=15.0, help="min ms between SSE chunks (0 = per token)")
+    p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body (413 beyond)")
+    p.add_argument(
+        "--read-timeout", type=float, default=15.0, help="seconds a client has to send a request's head, then its body"
+    )
+    p.add_argument("--open-metrics", action="store_true", help="serve /metrics without the API key")
+    p.add_argument(
+        "--tune-malloc", action="store_true", help="apply the agent's malloc tuning (as `slmops agent run` does)"
+    )
     p.add_argument("--log-level", default="WARNING")
     return p.parse_args(argv)
 
@@ -41,6 +49,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.tune_malloc:
+        from agent.install.tuning import tune_malloc_for_streaming
+
+        tune_malloc_for_streaming()
     model = get_runtime(args.runtime).load(args.model, args.provider, model_id=args.model_id)
     config = ServingConfig(
         host=args.host,
@@ -52,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
         default_temperature=args.temperature,
         nll_sample_rate=args.nll_sample_rate,
         stream_interval_ms=args.stream_interval_ms,
+        max_body_bytes=args.max_body_bytes,
+        read_timeout_s=args.read_timeout,
+        metrics_require_key=False if args.open_metrics else None,
     )
     serving = Serving(config, require_health=False)
     serving.swap(model, args.version)

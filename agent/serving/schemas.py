@@ -1,8 +1,18 @@
 """Request bodies of the OpenAI-compatible API (pydantic), and the response/chunk builders.
 
-Unknown fields the ``openai`` client may send are ignored; fields we cannot honour (``n > 1``, tools,
-logprobs) are refused with a 400 naming them. Extensions: ``ignore_eos`` and ``top_k`` (as in vLLM; pass them
-with the client's ``extra_body``).
+Unknown top-level fields are ignored, not refused: the ``openai`` client sends whatever its caller passes, and
+its list of fields grows with every release (``store``, ``metadata``, ``service_tier``, ``prompt_cache_key``,
+``verbosity``, ...; other OpenAI clients send their own), so refusing unknown names would break clients that
+work against OpenAI itself. Ignoring them costs no unbounded buffering: the whole body is capped before it is
+parsed (``max_body_bytes``, see :mod:`agent.serving.limits`). Known fields we cannot honour (``n > 1``, tools,
+logprobs, echo) are refused with a 400 naming them.
+
+Types are strict where a lax reading would change the request's meaning or reach native code unchecked:
+booleans must be JSON ``true``/``false`` (``"stream": "yes"`` is a 400 naming ``stream``, not a stream);
+floats must be finite; integers that go to onnxruntime-genai as C++ ``int`` (``seed``, ``top_k``,
+``max_tokens``) are bounded to what it takes, so an out-of-range value is a 400 naming the field instead of a
+failed cast at generation time. Extensions: ``ignore_eos`` and ``top_k`` (as in vLLM; pass them with the
+client's ``extra_body``).
 """
 
 from __future__ import annotations
@@ -10,13 +20,19 @@ from __future__ import annotations
 import time
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, field_validator, model_validator
 
 from agent.runtime.base import Message, Prompt
+from shared.genai_seed import SEED_BITS
+
+# onnxruntime-genai's search options are C++ ints: a bigger Python int fails to cast (a 500 at generation).
+MAX_INT = 2**31 - 1
+# The largest seed it takes; -1 would mean "ask std::random_device" (see shared/genai_seed.py), so no negatives.
+MAX_SEED = 2**SEED_BITS - 1
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", allow_inf_nan=False)
 
 
 class TextPart(_Body):
@@ -38,25 +54,25 @@ class ChatMessage(_Body):
 
 
 class StreamOptions(_Body):
-    include_usage: bool = False
+    include_usage: StrictBool = False
 
 
 class _GenerationBody(_Body):
     model: str = Field(min_length=1)
-    max_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_INT)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     n: int = Field(default=1, ge=1)
-    stream: bool = False
+    stream: StrictBool = False
     stream_options: StreamOptions | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED)
     user: str | None = None
     presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     # extensions
-    ignore_eos: bool = False
-    top_k: int = Field(default=0, ge=0)
+    ignore_eos: StrictBool = False
+    top_k: int = Field(default=0, ge=0, le=MAX_INT)
 
     @field_validator("n")
     @classmethod
@@ -81,8 +97,8 @@ class _GenerationBody(_Body):
 
 class ChatCompletionRequest(_GenerationBody):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    logprobs: bool | None = None
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_INT)
+    logprobs: StrictBool | None = None
     tools: list[dict[str, Any]] | None = None
 
     @field_validator("logprobs")
@@ -111,7 +127,7 @@ class ChatCompletionRequest(_GenerationBody):
 
 class CompletionRequest(_GenerationBody):
     prompt: str | list[str]
-    echo: bool = False
+    echo: StrictBool = False
     logprobs: int | None = None
     suffix: str | None = None
     best_of: int | None = None
@@ -143,7 +159,7 @@ class CompletionRequest(_GenerationBody):
 
 class FeedbackRequest(_Body):
     id: str = Field(min_length=1, max_length=128)
-    positive: bool
+    positive: StrictBool
 
 
 # --- responses ----------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import time
 import uvicorn
 
 from agent.serving.app import create_app
+from agent.serving.limits import protocol_with_deadline
 from agent.serving.service import Serving
 from shared.errors import Unavailable
 
@@ -46,9 +47,10 @@ class ServingServer:
             log_level="warning",
             access_log=False,
             lifespan="off",
+            # idle connections: closed after this or read_timeout_s, whichever is shorter (limits.py)
             timeout_keep_alive=30,
             timeout_graceful_shutdown=5,
-            http="httptools" if _has("httptools") else "h11",
+            http=protocol_with_deadline(self.serving.config.read_timeout_s, httptools=_has("httptools")),
             loop="uvloop" if _has("uvloop") else "asyncio",
         )
         server = uvicorn.Server(config)

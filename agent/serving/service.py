@@ -7,6 +7,7 @@ An agent builds one :class:`Serving`, swaps models into ``serving.slot``, report
 from __future__ import annotations
 
 import logging
+import math
 import random
 import threading
 from collections import OrderedDict
@@ -14,13 +15,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from agent.runtime.base import CapabilityNotSupported, GenParams, LoadedModel, Prompt
+from agent.runtime.base import CapabilityNotSupported, GenParams, LoadedModel, Prompt, read_genai_config
 from agent.serving.errors import ContextLengthExceeded, ModelNotFound, RequestFieldError
 from agent.serving.metrics import ServingMetrics
 from agent.serving.model_slot import ModelHandle, ModelSlot
 from agent.serving.queue import WorkQueue
 from agent.serving.records import RequestRecord
-from shared.errors import NotFound
+from shared.errors import ModelLoadError, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,14 @@ class ServingConfig:
     stream_interval_ms: float = 15.0
     # Completion ids remembered for POST /v1/feedback.
     feedback_ids: int = 10_000
+    # Largest request body (413 beyond; agent/serving/limits.py). 1 MiB holds a 128k-token context of text even
+    # JSON-escaped (about 6 bytes a token for \u-escaped CJK), far beyond the contexts edge models serve.
+    max_body_bytes: int = 1 << 20
+    # A request's head, then its body, must each arrive within this many seconds (closed / 408 beyond); an
+    # idle connection is closed after it too. 15 s leaves a 1 MiB body 70 KB/s.
+    read_timeout_s: float = 15.0
+    # GET /metrics needs the API key: None = when one is set; False = open even then.
+    metrics_require_key: bool | None = None
 
 
 @dataclass
@@ -50,6 +59,20 @@ class HealthState:
     ok: bool | None = None  # None: no check has run yet
     message: str = "no health check has run yet"
     details: dict[str, Any] | None = None
+
+
+def _vocab_size(model: LoadedModel) -> float:
+    """The model's vocabulary size (from its genai_config.json; remembered in ``info.extra``), inf if unknown.
+
+    onnxruntime-genai refuses a ``top_k`` above it, and a cut at or above it keeps every token anyway."""
+    extra = model.info.extra
+    if "vocab_size" not in extra:
+        try:
+            extra["vocab_size"] = read_genai_config(model.info.model_dir).get("model", {}).get("vocab_size")
+        except (ModelLoadError, OSError, AttributeError):
+            extra["vocab_size"] = None
+    vocab = extra["vocab_size"]
+    return float(vocab) if isinstance(vocab, int) and vocab > 0 else math.inf
 
 
 class Serving:
@@ -71,6 +94,8 @@ class Serving:
         # /readyz needs a passed health check unless require_health is False (then a loaded model suffices).
         self.require_health = require_health
         self.health = HealthState()
+        # The agent's standing with its controller, shown on /readyz (see set_controller_state).
+        self.controller_state: dict[str, str] = {"state": "connected", "message": ""}
         self._ids: OrderedDict[str, tuple[str, str]] = OrderedDict()
         self._ids_lock = threading.Lock()
         self.slot.on_swap(self._on_swap)
@@ -121,6 +146,14 @@ class Serving:
         self.health = HealthState(ok, message or ("healthy" if ok else "unhealthy"), details)
         self.metrics.set_health(ok)
 
+    def set_controller_state(self, state: str, message: str = "") -> None:
+        """Record the agent's standing with its controller (e.g. ``credentials_rejected``) for ``/readyz``.
+
+        It does not change readiness: the loaded model keeps serving whatever the controller says."""
+        if state != self.controller_state["state"]:
+            log.info("controller state: %s%s", state, f" ({message})" if message else "")
+        self.controller_state = {"state": state, "message": message}
+
     def readiness(self) -> tuple[bool, str]:
         if not self.slot.loaded:
             return False, "no model loaded"
@@ -150,6 +183,10 @@ class Serving:
             prompt_tokens = model.count_prompt_tokens(prompt)
         except CapabilityNotSupported as exc:
             raise RequestFieldError(prompt_param, exc.message, code="unsupported") from exc
+        if prompt_tokens == 0:
+            raise RequestFieldError(
+                prompt_param, f"the {prompt_param} field is empty after tokenization; send some text"
+            )
         ctx = model.context_length
         if prompt_tokens >= ctx:
             raise ContextLengthExceeded(
@@ -171,7 +208,7 @@ class Serving:
             max_new_tokens=max_tokens if max_tokens is not None else min(self.config.default_max_tokens, room),
             temperature=self.config.default_temperature if temperature is None else temperature,
             top_p=top_p,
-            top_k=top_k,
+            top_k=0 if top_k >= _vocab_size(model) else top_k,  # the whole vocabulary: no top-k cut
             seed=seed,
             ignore_eos=ignore_eos,
             adapter=adapter,

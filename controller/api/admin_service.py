@@ -41,6 +41,11 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         fingerprint = self.app.tls.ca_fingerprint if self.app.tls else ""
         return admin_pb2.CreateTokenResponse(token=token, expires_unix=expires, ca_fingerprint=fingerprint)
 
+    def ResetDevice(self, request: admin_pb2.DeviceRequest, context: grpc.ServicerContext) -> admin_pb2.Device:
+        device = fleet.reset_credentials(self.app.store, request.agent_id)
+        self.app.agents.forget(device.agent_id)
+        return device_to_pb(device, fleet.is_online(device, self.app.settings.offline_after_s))
+
     # --- build jobs ------------------------------------------------------------------------------------
     def SubmitBuild(self, request: admin_pb2.SubmitBuildRequest, context: grpc.ServicerContext) -> admin_pb2.Job:
         from controller.factory.pb import job_to_pb
@@ -90,6 +95,16 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
 
         return model_version_to_pb(self.app.registry.get_model(request.name, request.version))
 
+    def VerifyModels(
+        self, request: admin_pb2.VerifyModelsRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.VerifyModelsResponse:
+        from controller.registry.integrity import verify_registry
+        from controller.registry.pb import verify_report_to_pb
+
+        app = self.app
+        report = verify_registry(app.store, app.blobs, app.manifest_public_pem, request.name, request.version)
+        return verify_report_to_pb(report)
+
     # --- rollouts --------------------------------------------------------------------------------------
     def CreateRollout(
         self, request: admin_pb2.CreateRolloutRequest, context: grpc.ServicerContext
@@ -122,7 +137,10 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         return self._rollout_action("pause", request.rollout_id)
 
     def ResumeRollout(self, request: admin_pb2.RolloutRequest, context: grpc.ServicerContext) -> admin_pb2.Rollout:
-        return self._rollout_action("resume", request.rollout_id)
+        from controller.rollout import engine, pb
+
+        # With the blob store: blobs agents reported bad are re-hashed first (resuming is refused while bad).
+        return pb.rollout_to_pb(engine.resume(self.app.store, request.rollout_id, blobs=self.app.blobs))
 
     def AbortRollout(self, request: admin_pb2.RolloutRequest, context: grpc.ServicerContext) -> admin_pb2.Rollout:
         return self._rollout_action("abort", request.rollout_id)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 import grpc
@@ -9,11 +10,14 @@ import grpc
 from controller import fleet
 from controller.api.convert import hardware_from_pb, install_state_name, profile_to_pb
 from controller.app import ControllerApp
+from controller.auth import peer_host
 from controller.registry.transfer_pb import stream_artifact
 from controller.rollout import engine as rollouts
 from controller.telemetry.ingest import ingest_batch
-from shared.errors import InvalidArgument, PermissionDenied
+from shared.errors import InvalidArgument, PermissionDenied, Unauthenticated
 from shared.pb import agent_pb2, agent_pb2_grpc, common_pb2
+
+log = logging.getLogger(__name__)
 
 
 def _caller(context: grpc.ServicerContext, agent_id: str) -> str:
@@ -30,14 +34,25 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         self.app = app
 
     def Enroll(self, request: agent_pb2.EnrollRequest, context: grpc.ServicerContext) -> agent_pb2.EnrollResponse:
-        device, secret, profile = fleet.enroll(
-            self.app.store,
-            self.app.catalog.all(),
-            request.enrollment_token,
-            hardware_from_pb(request.hardware),
-            request.pinned_profile,
-            request.previous_agent_id,
-        )
+        peer = peer_host(context.peer() or "")
+        limiter = self.app.enroll_limiter
+        if limiter is not None:
+            limiter.check(peer, "enrollment attempts")
+        try:
+            device, secret, profile = fleet.enroll(
+                self.app.store,
+                self.app.catalog.all(),
+                request.enrollment_token,
+                hardware_from_pb(request.hardware),
+                request.pinned_profile,
+                request.previous_agent_id,
+                request.previous_agent_secret,
+            )
+        except (Unauthenticated, PermissionDenied) as exc:
+            if limiter is not None:
+                limiter.failed(peer)
+            log.warning("enrollment from %s refused: %s", peer, exc.message)
+            raise
         self.app.agents.forget(device.agent_id)
         return agent_pb2.EnrollResponse(
             agent_id=device.agent_id,
@@ -98,6 +113,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             install_state_name(request.to_state),
             request.event,
             request.message[:2000],
+            attempt=request.attempt,
         )
         if self.app.scheduler is not None:  # advance waves now rather than at the next interval
             from controller.scheduling import ROLLOUT_TICK

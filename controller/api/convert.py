@@ -85,4 +85,5 @@ def device_to_pb(d: Device, online: bool) -> admin_pb2.Device:
         healthy=d.healthy,
         enrolled_unix=d.enrolled_at,
         profile_pinned=d.profile_pinned,
+        awaiting_enrollment=not d.secret_hash,
     )

@@ -34,6 +34,34 @@ def status_of(error: SlmopsError) -> grpc.StatusCode:
     return getattr(grpc.StatusCode, error.code, grpc.StatusCode.INTERNAL)
 
 
+class _Tracked:
+    """The servicer's context, remembering whether the handler aborted the call itself.
+
+    grpc's ``context.abort`` ends a handler by raising an exception of no particular type (a bare
+    ``Exception`` in the sync server); the status it set is already final. The interceptor must let that
+    exception pass instead of reporting it as an unexpected error, so it tracks the call rather than
+    guessing from the exception's class.
+    """
+
+    def __init__(self, context: grpc.ServicerContext, method: str) -> None:
+        self._context = context
+        self._method = method
+        self.aborted = False
+
+    def abort(self, code: grpc.StatusCode, details: str) -> None:
+        self.aborted = True
+        RPC_ERRORS.labels(self._method, code.name).inc()
+        self._context.abort(code, details)
+
+    def abort_with_status(self, status: grpc.Status) -> None:
+        self.aborted = True
+        RPC_ERRORS.labels(self._method, status.code.name).inc()
+        self._context.abort_with_status(status)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+
 def _bearer(meta: dict[str, str]) -> str:
     value = meta.get("authorization", "")
     return value[7:].strip() if value.lower().startswith("bearer ") else value.strip()
@@ -52,13 +80,14 @@ class ControllerInterceptor(grpc.ServerInterceptor):
         elif method.startswith("/slmops.v1.AgentService/"):
             self.agents.check(meta.get("x-slmops-agent-id", ""), _bearer(meta))
 
-    def _fail(self, method: str, context: grpc.ServicerContext, exc: Exception) -> None:
+    def _fail(self, method: str, context: _Tracked, exc: Exception) -> None:
+        if context.aborted or isinstance(exc, grpc.RpcError):  # the handler set the status: let it stand
+            raise exc
         if isinstance(exc, SlmopsError):
             code, message = status_of(exc), exc.message
         else:
             log.exception("unexpected error in %s", method)
             code, message = grpc.StatusCode.INTERNAL, f"internal error: {type(exc).__name__}: {exc}"
-        RPC_ERRORS.labels(method, code.name).inc()
         context.abort(code, message)
 
     def intercept_service(self, continuation: Callable, details: grpc.HandlerCallDetails) -> Any:
@@ -74,13 +103,12 @@ class ControllerInterceptor(grpc.ServerInterceptor):
 
             def unary(request: Any, context: grpc.ServicerContext) -> Any:
                 start = time.perf_counter()
+                tracked = _Tracked(context, short)
                 try:
                     self._authorize(method, meta)
-                    return behavior(request, context)
+                    return behavior(request, tracked)
                 except Exception as exc:
-                    if isinstance(exc, grpc.RpcError) or type(exc).__name__ == "_AbortedError":
-                        raise
-                    self._fail(short, context, exc)
+                    self._fail(short, tracked, exc)
                 finally:
                     RPC_LATENCY.labels(short).observe(time.perf_counter() - start)
 
@@ -89,13 +117,12 @@ class ControllerInterceptor(grpc.ServerInterceptor):
             behavior_s = handler.unary_stream
 
             def stream(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                tracked = _Tracked(context, short)
                 try:
                     self._authorize(method, meta)
-                    yield from behavior_s(request, context)
+                    yield from behavior_s(request, tracked)
                 except Exception as exc:
-                    if isinstance(exc, grpc.RpcError) or type(exc).__name__ == "_AbortedError":
-                        raise
-                    self._fail(short, context, exc)
+                    self._fail(short, tracked, exc)
 
             return grpc.unary_stream_rpc_method_handler(
                 stream, handler.request_deserializer, handler.response_serializer

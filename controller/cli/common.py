@@ -11,7 +11,8 @@ from pathlib import Path
 import grpc
 from rich.console import Console
 
-from shared.errors import ConfigError
+from shared.errors import ConfigError, Unavailable
+from shared.grpc_hints import explain_unavailable
 
 # Wide enough for the device table when output goes to a file or CI log.
 console = Console(width=None if sys.stdout.isatty() else 180)
@@ -29,13 +30,35 @@ def add_connection_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", default=None, help="controller data dir to find the token and CA (local use)")
 
 
+def _bounded_int(text: str, what: str, high: int) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of {what}") from None
+    if not 0 <= value <= high:
+        raise argparse.ArgumentTypeError(f"{value} {what} is out of range: give 0 to {high}")
+    return value
+
+
+def seconds_arg(text: str) -> int:
+    """argparse type: whole seconds, 0 to 2^32-1 (what the wire field holds)."""
+    return _bounded_int(text, "seconds", 2**32 - 1)
+
+
+def count_arg(text: str) -> int:
+    """argparse type: a count, 0 to 2^32-1."""
+    return _bounded_int(text, "uses", 2**32 - 1)
+
+
 class AdminConnection:
     """An AdminService stub with the admin token attached to every call."""
 
-    def __init__(self, address: str, token: str, ca_pem: bytes | None) -> None:
+    def __init__(self, address: str, token: str, ca_pem: bytes | None, ca_label: str = "") -> None:
         from shared.pb import admin_pb2_grpc
 
         self.address = address
+        self.ca_label = ca_label
+        self.insecure = ca_pem is None
         if ca_pem is None:
             self.channel = grpc.insecure_channel(address)
         else:
@@ -44,7 +67,14 @@ class AdminConnection:
         self.metadata = [("authorization", f"Bearer {token}")]
 
     def __call__(self, method: str, request: object, timeout: float = 60.0) -> object:
-        return getattr(self.stub, method)(request, metadata=self.metadata, timeout=timeout)
+        try:
+            return getattr(self.stub, method)(request, metadata=self.metadata, timeout=timeout)
+        except grpc.RpcError as exc:
+            if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                raise
+            raise Unavailable(
+                explain_unavailable(exc.details() or "", self.address, self.ca_label, self.insecure)
+            ) from None
 
     def stream(self, method: str, request: object):  # type: ignore[no-untyped-def]
         return getattr(self.stub, method)(request, metadata=self.metadata)
@@ -57,7 +87,7 @@ def connect(args: argparse.Namespace) -> AdminConnection:
     if not token and (data_dir / "admin.token").exists():
         token = (data_dir / "admin.token").read_text().strip()
     insecure = args.insecure if args.insecure is not None else os.environ.get("SLMOPS_INSECURE") == "1"
-    ca_pem = None
+    ca_pem, ca = None, None
     if not insecure:
         ca = Path(args.ca_cert or os.environ.get("SLMOPS_CA_CERT") or data_dir / "tls" / "ca.pem")
         if not ca.exists():
@@ -67,7 +97,7 @@ def connect(args: argparse.Namespace) -> AdminConnection:
                 "controller CA certificate not found: pass --ca-cert, or --insecure for a plaintext dev controller",
             )
         ca_pem = ca.read_bytes()
-    return AdminConnection(address, token, ca_pem)
+    return AdminConnection(address, token, ca_pem, str(ca or ""))
 
 
 def ago(ts: float) -> str:

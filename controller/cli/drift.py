@@ -8,14 +8,14 @@ import json
 
 from rich.table import Table
 
-from controller.cli.common import add_connection_flags, connect, console, ref
+from controller.cli.common import add_connection_flags, connect, console, count_arg, ref
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     drift = sub.add_parser("drift", help="drift events").add_subparsers(dest="action", required=True)
     p = drift.add_parser("list", help="drift events, newest first")
     p.add_argument("--profile", default="")
-    p.add_argument("--limit", type=int, default=50)
+    p.add_argument("--limit", type=count_arg, default=50)
     add_connection_flags(p)
     p.set_defaults(func=drift_list)
     p = drift.add_parser("show", help="one drift event with its evidence")

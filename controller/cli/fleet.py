@@ -6,7 +6,7 @@ import argparse
 
 from rich.table import Table
 
-from controller.cli.common import add_connection_flags, ago, connect, console, ref
+from controller.cli.common import add_connection_flags, ago, connect, console, count_arg, ref, seconds_arg
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -15,6 +15,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--profile", default="", help="only devices of this profile")
     add_connection_flags(p)
     p.set_defaults(func=devices_list)
+    p = devices.add_parser(
+        "reset",
+        help="revoke a device's credentials; its next enrollment with a fresh token may take the same id",
+    )
+    p.add_argument("agent_id", help="device id (see `slmops devices list`)")
+    add_connection_flags(p)
+    p.set_defaults(func=devices_reset)
 
     profiles = sub.add_parser("profiles", help="device profiles").add_subparsers(dest="action", required=True)
     p = profiles.add_parser("list", help="loaded device profiles")
@@ -23,8 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     tokens = sub.add_parser("tokens", help="enrollment tokens").add_subparsers(dest="action", required=True)
     p = tokens.add_parser("create", help="create an enrollment token for agents")
-    p.add_argument("--ttl", type=int, default=0, help="lifetime in seconds (default 24h)")
-    p.add_argument("--max-uses", type=int, default=0, help="agents that may enroll with it (default unlimited)")
+    p.add_argument("--ttl", type=seconds_arg, default=0, help="lifetime in seconds (default 24h)")
+    p.add_argument("--max-uses", type=count_arg, default=0, help="agents that may enroll with it (default unlimited)")
     p.add_argument("--description", default="")
     p.add_argument("--quiet", "-q", action="store_true", help="print only the token")
     add_connection_flags(p)
@@ -41,6 +48,8 @@ def devices_table(devices) -> Table:  # type: ignore[no-untyped-def]
         online = d.status == common_pb2.DEVICE_STATUS_ONLINE
         status = "[green]online[/]" if online else "[red]offline[/]"
         state = common_pb2.InstallState.Name(d.install_state).removeprefix("INSTALL_STATE_").lower()
+        if d.awaiting_enrollment:
+            status += " [yellow](reset: awaiting enrollment)[/]"
         table.add_row(
             d.agent_id,
             d.hostname,
@@ -59,6 +68,17 @@ def devices_list(args: argparse.Namespace) -> int:
 
     response = connect(args)("ListDevices", admin_pb2.ListDevicesRequest(profile=args.profile))
     console.print(devices_table(response.devices))
+    return 0
+
+
+def devices_reset(args: argparse.Namespace) -> int:
+    from shared.pb import admin_pb2
+
+    device = connect(args)("ResetDevice", admin_pb2.DeviceRequest(agent_id=args.agent_id))
+    console.print(
+        f"credentials of {device.agent_id} ({device.hostname}) revoked: its agent is refused until it enrolls "
+        "again with a fresh enrollment token, which then keeps this id"
+    )
     return 0
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 NOUN_MODULES = ["processes", "fleet", "builds", "models", "rollouts", "drift", "report", "demo"]
@@ -29,6 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # grpc's native library prints handshake failures to stderr at INFO; the CLI says what to check instead.
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     parser = build_parser()
     args = parser.parse_args(argv)
     from shared.logsetup import configure
@@ -40,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
 def run(args: argparse.Namespace) -> int:
     import grpc
     from rich.console import Console
+    from rich.markup import escape
 
     from shared.errors import SlmopsError
 
@@ -47,10 +51,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         return int(args.func(args) or 0)
     except grpc.RpcError as exc:
-        err.print(f"[red]error[/]: {exc.code().name}: {exc.details()}")
+        err.print(f"[red]error[/]: {exc.code().name}: {escape(exc.details() or '')}")
         return 1
     except SlmopsError as exc:
-        err.print(f"[red]error[/]: {exc.message}")
+        err.print(f"[red]error[/]: {escape(exc.message)}")
         return 2
     except KeyboardInterrupt:
         return 130

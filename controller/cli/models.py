@@ -1,4 +1,4 @@
-"""`slmops models list|show NAME:VERSION`."""
+"""`slmops models list|show NAME:VERSION|verify [NAME[:VERSION]]`."""
 
 from __future__ import annotations
 
@@ -23,6 +23,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("ref", help="NAME:VERSION")
     add_connection_flags(p)
     p.set_defaults(func=models_show)
+    p = models.add_parser(
+        "verify",
+        help="re-hash every blob the registry serves (or one model's / version's): corrupt or missing ones; "
+        "exit status 1 when any",
+    )
+    p.add_argument("ref", nargs="?", default="", help="NAME or NAME:VERSION (default: every model)")
+    p.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait (large registries take long)")
+    add_connection_flags(p)
+    p.set_defaults(func=models_verify)
 
 
 def parse_ref(text: str):  # type: ignore[no-untyped-def]
@@ -70,3 +79,30 @@ def models_show(args: argparse.Namespace) -> int:
     if model.lineage_json:
         console.print("lineage:", json.dumps(json.loads(model.lineage_json), indent=2))
     return 0
+
+
+def models_verify(args: argparse.Namespace) -> int:
+    from shared.pb import admin_pb2
+
+    name, _, version = args.ref.partition(":")
+    if args.ref and (not name or (":" in args.ref and not version)):
+        raise InvalidArgument(f"'{args.ref}' is not NAME or NAME:VERSION (see `slmops models list`)")
+    request = admin_pb2.VerifyModelsRequest(name=name, version=version)
+    result = connect(args)("VerifyModels", request, timeout=args.timeout)
+    scope = args.ref or "every model"
+    checked = (
+        f"{result.blobs_checked} blob(s), {result.bytes_checked / 1e6:.1f} MB of {result.variants_checked} variant(s)"
+    )
+    if not result.problems:
+        console.print(f"[green]ok[/]: {scope}: {checked} match their signed manifests")
+        return 0
+    table = Table(title=f"{scope}: {len(result.problems)} problem(s) in {checked}")
+    for col in ("problem", "blob", "used by", "detail"):
+        table.add_column(col)
+    for p in result.problems:
+        table.add_row(p.kind, p.sha256[:16] or "-", "\n".join(p.used_by), p.detail)
+    console.print(table)
+    console.print(
+        "restore the files from the build output (or republish the version); agents refuse what fails its check"
+    )
+    return 1

@@ -44,6 +44,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--heartbeat-interval", type=float, default=0.0, help="override the controller's interval (s)")
     p.add_argument("--telemetry-window", type=float, default=60.0, help="telemetry window length (s)")
     p.add_argument("--max-bytes-per-s", type=int, default=0, help="download bandwidth limit")
+    p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body on the local API")
+    p.add_argument("--read-timeout", type=float, default=15.0, help="seconds to send a request's head, then body")
+    p.add_argument("--open-metrics", action="store_true", help="serve /metrics without the API key")
+    p.add_argument(
+        "--scrub-interval",
+        type=float,
+        default=24 * 3600.0,
+        help="seconds between full sha256 checks of the installed versions while running (0 = only at start)",
+    )
     p.add_argument("--no-foundry-check", action="store_true", help="skip probing Foundry Local at start")
     p.set_defaults(func=agent_run)
 
@@ -106,6 +115,10 @@ def agent_run(args: argparse.Namespace) -> int:
         heartbeat_interval_s=args.heartbeat_interval,
         telemetry_window_s=args.telemetry_window,
         max_bytes_per_s=args.max_bytes_per_s,
+        max_body_bytes=args.max_body_bytes,
+        read_timeout_s=args.read_timeout,
+        metrics_require_key=False if args.open_metrics else None,
+        scrub_interval_s=args.scrub_interval,
         check_foundry=not args.no_foundry_check,
     )
     agent = Agent(settings)

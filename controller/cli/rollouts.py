@@ -6,7 +6,7 @@ import argparse
 
 from rich.table import Table
 
-from controller.cli.common import add_connection_flags, ago, connect, console, ref
+from controller.cli.common import add_connection_flags, ago, connect, console, count_arg, ref, seconds_arg
 from controller.cli.models import parse_ref
 from shared.errors import InvalidArgument
 
@@ -21,13 +21,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-failure", default="10%", help="failure share of a wave that pauses and rolls it back")
     p.add_argument("--gate", default="", help='e.g. "ttft_p95_ms<=500,tokens_per_s>=5,error_rate<=0.01"')
     p.add_argument("--approve", choices=["auto", "manual"], default="auto")
-    p.add_argument("--soak", type=int, default=30, help="seconds gates must hold before the next wave")
-    p.add_argument("--device-timeout", type=int, default=900, help="seconds a device may take to install")
+    p.add_argument("--soak", type=seconds_arg, default=30, help="seconds gates must hold before the next wave")
+    p.add_argument("--device-timeout", type=seconds_arg, default=900, help="seconds a device may take to install")
     p.add_argument("--reason", default="")
     add_connection_flags(p)
     p.set_defaults(func=create)
     p = ro.add_parser("list", help="rollouts, newest first")
-    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--limit", type=count_arg, default=20)
     add_connection_flags(p)
     p.set_defaults(func=list_rollouts)
     for action, text in (

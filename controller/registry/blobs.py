@@ -57,8 +57,8 @@ class BlobStore:
 
     def path(self, sha: str) -> Path:
         path = self.blob_path(sha)
-        if not path.is_file():
-            raise NotFound(f"blob {sha[:12]}… is not in the registry's blob store at {self.root}")
+        if not path.is_file():  # the message goes to agents too: the sha, not the controller's paths
+            raise NotFound(f"blob {path.name} is not in the registry's blob store (see `slmops models verify`)")
         return path
 
     def size(self, sha: str) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+from controller.registry.integrity import VerifyReport
 from controller.registry.versions import ModelVersionInfo
 from controller.store.tables import VariantRow
 from shared.manifest import Manifest
@@ -31,4 +32,16 @@ def model_version_to_pb(info: ModelVersionInfo) -> admin_pb2.ModelVersion:
         created_unix=info.created_at,
         lineage_json=json.dumps(info.lineage, sort_keys=True),
         job_id=info.job_id,
+    )
+
+
+def verify_report_to_pb(report: VerifyReport) -> admin_pb2.VerifyModelsResponse:
+    return admin_pb2.VerifyModelsResponse(
+        variants_checked=report.variants_checked,
+        blobs_checked=report.blobs_checked,
+        bytes_checked=report.bytes_checked,
+        problems=[
+            admin_pb2.RegistryProblem(kind=p.kind, sha256=p.sha256, used_by=p.used_by, detail=p.detail)
+            for p in report.problems
+        ],
     )

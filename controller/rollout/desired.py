@@ -80,15 +80,16 @@ def _desired(session: Session, agent_id: str, now: float) -> DesiredModelInfo | 
         if target.state in (PENDING, SKIPPED):
             continue
         if target.state in (FAILED, T_ROLLED_BACK):
-            return _info(session, target.prev_name, target.prev_version, (device.profile, target.profile), rollout)
+            profiles = (device.profile, target.profile)
+            return _info(session, target.prev_name, target.prev_version, profiles, rollout, target.attempt)
         if rollout.state == ABORTED:
             return None
-        return _info(session, rollout.model_name, rollout.model_version, (target.profile,), rollout)
+        return _info(session, rollout.model_name, rollout.model_version, (target.profile,), rollout, target.attempt)
     return None
 
 
 def _info(
-    session: Session, name: str, version: str, profiles: tuple[str, ...], rollout: Rollout
+    session: Session, name: str, version: str, profiles: tuple[str, ...], rollout: Rollout, attempt: int
 ) -> DesiredModelInfo | None:
     for profile in dict.fromkeys(profiles):
         variant = variant_for(session, name, version, profile)
@@ -101,6 +102,7 @@ def _info(
                 manifest_json=bytes(variant.manifest_json),
                 signature=bytes(variant.signature),
                 key_id=variant.key_id,
+                attempt=attempt,
             )
     if name and version:
         log.warning("no variant of %s:%s for profile(s) %s: keeping what the device has", name, version, profiles)

@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import text
 from sqlmodel import Session, col, select
 
+from controller.registry.integrity import note_reported
 from controller.store.db import Store
 from controller.store.tables import Device, InstallEvent, ModelVersionRow, Rollout, RolloutTarget
 from shared.errors import NotFound
@@ -28,6 +29,7 @@ from .desired import desired_for
 from .ops import abort, pause, resume, rollback
 from .planner import plan_targets, select_devices
 from .spec import (
+    ASSIGNED,
     FAILED,
     HEALTHY,
     IN_FLIGHT,
@@ -42,7 +44,7 @@ from .spec import (
     normalize_install_state,
 )
 from .ticker import tick
-from .transitions import set_target_state, start_wave, variant_profiles
+from .transitions import set_target_state, start_wave, variant_for, variant_profiles
 from .views import get_rollout, list_rollouts
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,8 @@ __all__ = [
 ]
 
 _CREATE_LOCK_KEY = 7_401_001  # PostgreSQL advisory lock: one rollout creation at a time
+# An agent's report that it will not repeat a failed attempt (agent/install/states.py Event.REFUSED).
+REFUSED_EVENT = "REFUSED"
 
 # Install state machine (common.proto InstallState) -> target state.
 _REPORT_STATES: dict[str, str] = {
@@ -208,6 +212,7 @@ def on_install_report(
     event: str = "",
     message: str = "",
     ts: float | None = None,
+    attempt: int = 0,
 ) -> str | None:
     """Store one install transition and move the device's rollout target; returns its new state (or None).
 
@@ -243,19 +248,47 @@ def on_install_report(
             return None
         target, rollout = row
         wanted = _REPORT_STATES.get(dst)
-        note = f"{dst}: {message}" if message else (event or dst)
-        if (model_name, model_version) != (rollout.model_name, rollout.model_version):
-            if target.state in (T_ROLLED_BACK, FAILED):
-                back = f"{model_name}:{model_version}"
-                text_ = f"back on {back}" if wanted == HEALTHY else f"going back to {back}: {note}"
-                set_target_state(session, target, target.state, text_, ts)
-            return target.state
-        if wanted is None or target.state not in (*IN_FLIGHT, HEALTHY):
-            return target.state  # pending/skipped/failed/rolled back: a late report changes nothing
-        if target.state == HEALTHY and wanted != FAILED:
-            return target.state
-        set_target_state(session, target, wanted, note, ts)
-        return wanted
+        if wanted == FAILED:
+            variant = variant_for(session, model_name, model_version, target.profile)
+            if variant is not None:
+                note_reported(session, bytes(variant.manifest_json), message, ts)
+        return _move_target(
+            session, target, rollout, (model_name, model_version), wanted, (dst, event, message), ts, attempt
+        )
+
+
+def _move_target(
+    session: Session,
+    target: RolloutTarget,
+    rollout: Rollout,
+    model: tuple[str, str],
+    wanted: str | None,
+    report: tuple[str, str, str],
+    ts: float,
+    attempt: int = 0,
+) -> str:
+    dst, event, message = report
+    note = f"{dst}: {message}" if message else (event or dst)
+    if model != (rollout.model_name, rollout.model_version):
+        if target.state in (T_ROLLED_BACK, FAILED):
+            back = f"{model[0]}:{model[1]}"
+            text_ = f"back on {back}" if wanted == HEALTHY else f"going back to {back}: {note}"
+            set_target_state(session, target, target.state, text_, ts)
+        return target.state
+    if event == REFUSED_EVENT and not _refusal_applies(target, attempt):
+        return target.state  # about an attempt that is over: the current one goes on
+    if wanted is None or target.state not in (*IN_FLIGHT, HEALTHY):
+        return target.state  # pending/skipped/failed/rolled back: a late report changes nothing
+    if target.state == HEALTHY and wanted != FAILED:
+        return target.state
+    set_target_state(session, target, wanted, note, ts)
+    return wanted
+
+
+def _refusal_applies(target: RolloutTarget, attempt: int) -> bool:
+    """An agent refused to repeat a failed attempt (event REFUSED, InstallReport.attempt): that fails the target
+    when it is the attempt the target is on and it has not started installing it (else the report is stale)."""
+    return target.state == ASSIGNED and attempt == target.attempt
 
 
 def desired_to_pb(desired: DesiredModelInfo, max_bytes_per_s: int = 0) -> Any:

@@ -12,9 +12,11 @@ from collections.abc import Callable
 
 from sqlmodel import Session, col, select
 
+from controller.registry.blobs import BlobStore
+from controller.registry.integrity import describe, recheck
 from controller.store.db import Store
 from controller.store.tables import Rollout, RolloutTarget
-from shared.errors import Unavailable
+from shared.errors import FailedPrecondition, Unavailable
 
 from .planner import next_wave_with_targets
 from .spec import (
@@ -73,8 +75,16 @@ def pause(store: Store, rollout_id: str, now: float | None = None) -> RolloutInf
     return info
 
 
-def resume(store: Store, rollout_id: str, now: float | None = None) -> RolloutInfo:
-    """PAUSED -> ACTIVE (a wave rolled back by a failure is retried); WAITING_APPROVAL -> next wave starts."""
+def resume(store: Store, rollout_id: str, now: float | None = None, blobs: BlobStore | None = None) -> RolloutInfo:
+    """PAUSED -> ACTIVE (a wave rolled back by a failure is retried, each of its devices in a new attempt);
+    WAITING_APPROVAL -> next wave starts.
+
+    With ``blobs`` (the controller's blob store), a paused rollout whose blobs agents reported failing their
+    sha256 check (or that `slmops models verify` found bad) has them re-hashed first: while the controller's
+    copy is still bad, resuming is refused (FailedPrecondition naming them), since the retry would fail alike.
+    """
+    if blobs is not None:
+        _check_blobs(store, blobs, rollout_id)
 
     def step(session: Session, r: Rollout, now: float) -> bool:
         if r.state == WAITING_APPROVAL:
@@ -88,7 +98,7 @@ def resume(store: Store, rollout_id: str, now: float | None = None) -> RolloutIn
         retry = [t for t in targets_of(session, r.rollout_id, r.current_wave) if t.state == T_ROLLED_BACK]
         wave_no = f"{r.current_wave + 1} of {len(waves_of(r))}"
         if retry:
-            msg = f"resumed: retrying wave {wave_no} ({len(retry)} device(s) had been rolled back)"
+            msg = f"resumed: retrying wave {wave_no} ({len(retry)} device(s) had been rolled back; new attempt)"
             if not cas_rollout(
                 session, r, state=ACTIVE, wave_started_at=now, wave_installed_at=0.0, message=msg, updated_at=now
             ):
@@ -104,6 +114,20 @@ def resume(store: Store, rollout_id: str, now: float | None = None) -> RolloutIn
     info = _apply(store, rollout_id, step, now)
     log.info("rollout %s resumed: %s", rollout_id, info.message)
     return info
+
+
+def _check_blobs(store: Store, blobs: BlobStore, rollout_id: str) -> None:
+    with store.session() as session:
+        r = load_rollout(session, rollout_id)
+    if r.state != PAUSED:
+        return
+    still = recheck(store, blobs, r.model_name, r.model_version)
+    if still:  # the retry would fail the same way
+        raise FailedPrecondition(
+            f"rollout {rollout_id} is not resumed: {describe(still)}; restore it from the build output or "
+            f"republish the version (`slmops models verify {r.model_name}:{r.model_version}` re-checks), then "
+            f"resume again, or abort the rollout"
+        )
 
 
 def _approve(session: Session, r: Rollout, now: float) -> bool:

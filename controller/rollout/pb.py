@@ -84,6 +84,7 @@ def desired_to_pb(desired: DesiredModelInfo | None, max_bytes_per_s: int = 0) ->
             manifest_json=desired.manifest_json, signature=desired.signature, key_id=desired.key_id
         ),
         max_bytes_per_s=max_bytes_per_s,
+        attempt=desired.attempt,
     )
 
 
@@ -99,4 +100,5 @@ def report_args(report: agent_pb2.InstallReport) -> dict[str, object]:
         "event": report.event,
         "message": report.message,
         "ts": report.timestamp or None,
+        "attempt": report.attempt,
     }

@@ -136,6 +136,7 @@ class TargetInfo:
     prev_name: str
     prev_version: str
     updated_at: float
+    attempt: int = 0
 
 
 @dataclass
@@ -173,3 +174,5 @@ class DesiredModelInfo:
     manifest_json: bytes
     signature: bytes
     key_id: str
+    # The try of the rollout on this device (counted by the controller; a resumed wave is a new attempt).
+    attempt: int = 0

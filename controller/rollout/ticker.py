@@ -19,6 +19,7 @@ import time
 
 from sqlmodel import Session, col, select
 
+from controller.registry.integrity import describe, problems_of
 from controller.store.db import Store
 from controller.store.tables import Rollout, RolloutTarget
 
@@ -120,7 +121,12 @@ def _tick_one(store: Store, session: Session, rollout_id: str, now: float, metri
 
 
 def _pause_and_roll_back(session: Session, rollout: Rollout, now: float, message: str) -> bool:
-    msg = f"{message}; fix it and `slmops rollout resume {rollout.rollout_id}` retries the wave, or abort it"
+    ref = f"{rollout.model_name}:{rollout.model_version}"
+    fix = "fix it and"
+    blobs = describe(problems_of(session, rollout.model_name, rollout.model_version))
+    if blobs:  # agents refused files of this version: the controller's copy may be what is bad
+        fix = f"{blobs}: check the controller's copy with `slmops models verify {ref}`, restore what it lists; then"
+    msg = f"{message}; {fix} `slmops rollout resume {rollout.rollout_id}` retries the wave, or abort it"
     if not cas_rollout(session, rollout, state=PAUSED, message=msg, updated_at=now):
         return False
     count = roll_back_targets(session, rollout.rollout_id, now, message, waves={rollout.current_wave})

@@ -88,6 +88,8 @@ def assign_target(
     A device that already runs the version and is healthy counts as healthy at once (the agent has
     nothing to install, so it would never report); its remembered previous version is left as it was.
     ``reinstall``: the device's profile changed, so the variant it runs is not the one it needs now.
+    Each assignment is a new attempt (``DesiredModel.attempt``): an agent does not repeat an attempt that
+    failed, so a wave retried by ``rollout resume`` is one it installs.
     """
     device = session.get(Device, target.agent_id)
     installed = (device.installed_name, device.installed_version) if device else ("", "")
@@ -102,6 +104,7 @@ def assign_target(
         return
     target.state = ASSIGNED
     target.message = note
+    target.attempt = (target.attempt or 0) + 1
 
 
 def start_wave(session: Session, rollout: Rollout, wave: int, now: float) -> int:

@@ -41,6 +41,7 @@ def _info(rollout: Rollout, targets: list[RolloutTarget], hostnames: dict[str, s
                 prev_name=t.prev_name,
                 prev_version=t.prev_version,
                 updated_at=t.updated_at,
+                attempt=t.attempt,
             )
             for t in ordered
         ],

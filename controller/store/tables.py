@@ -133,6 +133,21 @@ class RolloutTarget(SQLModel, table=True):
     prev_version: str = ""
     assigned_at: float = 0.0
     updated_at: float = 0.0
+    # The try of the rollout on this device, counted up each time it is assigned (DesiredModel.attempt): an
+    # agent does not repeat an attempt that failed, so a resumed wave gets a new one.
+    attempt: int = 0
+
+
+class BlobProblem(SQLModel, table=True):
+    """A registry blob that is not what its manifests say: ``corrupt`` or ``missing`` (found by re-hashing it:
+    `slmops models verify`, or a resume), or ``reported`` (agents' sha256 check of it failed; not re-hashed
+    on the controller yet). Deleted once a check finds it intact again."""
+
+    sha256: str = Field(primary_key=True)
+    kind: str = "reported"
+    used_by: str = ""  # "NAME:VERSION/PROFILE PATH" of a file that uses it
+    detail: str = ""
+    detected_at: float = 0.0
 
 
 class InstallEvent(SQLModel, table=True):
