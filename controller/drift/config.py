@@ -1,4 +1,8 @@
-"""Drift settings of a device profile: the ``drift:`` mapping in its YAML, every key optional.
+"""Drift settings of a device profile: the ``drift:`` mapping in its YAML, flat and every key optional.
+
+Each detector owns some keys: its switch (the key named after it) and the fields of its ``Settings`` model
+(``controller/drift/detectors/``); the others are :class:`DriftConfig`'s own fields here. The table lists
+the keys of the built-in detectors too; a detector added later documents its keys in its ``Settings``.
 
 Scalar series (latency p95, format validity, prompt NLL) are standardized with the baseline before they
 reach a detector: ``z = (value - baseline mean) / baseline std``, clipped to +-``z_clip``. So the
@@ -38,92 +42,120 @@ max_retrains_per_day       3        drift retrains per profile per UTC day; more
 Baselines learned from windows leave out outliers (median +- 4 MAD) and detectors use the 95% upper
 confidence bound of the learned std, so a short or spiky learning period errs toward fewer alarms.
 
-Unknown keys raise :class:`ConfigError` naming the profile and the key, and so do Page-Hinkley thresholds
-below 2 (in baseline standard deviations they would alarm on noise).
+Unknown keys raise :class:`ConfigError` naming the profile and the key, and so does a bad value (not a number,
+out of range, a fraction where a whole number is needed, a switch other than 0 or 1, a Page-Hinkley threshold
+below 2: in baseline standard deviations it would alarm on noise).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from collections.abc import Mapping
+from typing import Annotated, Any, TypeVar
 
+from pydantic import AfterValidator, BaseModel, Field, TypeAdapter, ValidationError
+
+import controller.drift.detectors  # noqa: F401  (registers the built-in detectors)
+from controller.drift.base import DetectorSettings, SharedSettings, config_error
+from controller.drift.registry import UnknownDetector, detector_class, detector_classes
 from shared.errors import ConfigError
 from shared.profiles import DeviceProfile
 
-_SWITCHES = ("page_hinkley", "adwin", "psi", "ks", "wasserstein")
-_INTEGERS = (*_SWITCHES, "input_windows", "input_min_count", "baseline_windows", "min_instances")
-_INTEGERS_ALSO = ("max_retrains_per_day",)
-MIN_PH_THRESHOLD = 2.0
+M = TypeVar("M", bound=BaseModel)
+_OWN = ""  # owner of DriftConfig's own keys in setting_owners()
+_SWITCH = "switch"  # owner of the detector switches
 
 
-@dataclass(frozen=True)
-class DriftConfig:
-    page_hinkley: int = 1
-    adwin: int = 0
-    psi: int = 1
-    ks: int = 0
-    wasserstein: int = 0
-    latency_ph_delta: float = 0.5
-    latency_ph_threshold: float = 10.0
-    quality_ph_delta: float = 0.5
-    quality_ph_threshold: float = 10.0
-    latency_adwin_delta: float = 0.002
-    quality_adwin_delta: float = 0.002
-    adwin_min_change: float = 0.5
-    psi_threshold: float = 0.25
-    ks_threshold: float = 0.15
-    ks_alpha: float = 0.001
-    wasserstein_threshold: float = 0.5
-    input_windows: int = 5
-    input_min_count: int = 200
-    baseline_windows: int = 20
-    z_clip: float = 3.0
-    latency_min_rel_std: float = 0.02
-    quality_min_std: float = 0.02
-    min_instances: int = 5
-    cooldown_s: float = 3600.0
-    max_retrains_per_day: int = 3
+def _on_off(value: float) -> bool:
+    if value not in (0.0, 1.0):
+        raise ValueError(f"expected 1 (on) or 0 (off), got {value!r}")
+    return bool(value)
+
+
+_SWITCH_VALUE: TypeAdapter[bool] = TypeAdapter(Annotated[float, AfterValidator(_on_off)])
+
+
+class DriftConfig(SharedSettings):
+    """A profile's validated drift settings: the shared and policy keys as fields, each detector's switch
+    and ``Settings`` through :meth:`enabled` and :meth:`settings_for`."""
+
+    z_clip: float = Field(3.0, gt=0)
+    latency_min_rel_std: float = Field(0.02, gt=0)
+    quality_min_std: float = Field(0.02, gt=0)
+    cooldown_s: float = Field(3600.0, ge=0)
+    max_retrains_per_day: int = Field(3, ge=0)
+    # Not profile keys: the switches given (others are the detector's default) and the detectors' settings.
+    switches: dict[str, bool] = Field(default_factory=dict)
+    detector_settings: dict[str, DetectorSettings] = Field(default_factory=dict)
+
+    @classmethod
+    def own_keys(cls) -> list[str]:
+        return [k for k in cls.model_fields if k not in ("switches", "detector_settings")]
+
+    @classmethod
+    def setting_owners(cls) -> dict[str, str]:
+        """Every profile key -> who owns it: a detector's name, ``"switch"``, or ``""`` (this class)."""
+        owners = dict.fromkeys(cls.own_keys(), _OWN)
+        for det in detector_classes():
+            for key, owner in ((det.name, _SWITCH), *((k, det.name) for k in det.Settings.model_fields)):
+                if key in owners:
+                    raise ValueError(f"drift setting '{key}' of detector '{det.name}' is taken ({owners[key]!r})")
+                owners[key] = owner
+        return owners
 
     @classmethod
     def setting_names(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
+        return list(cls.setting_owners())
 
     @classmethod
-    def from_dict(cls, values: dict[str, float] | None, source: str = "profile") -> DriftConfig:
+    def from_dict(cls, values: Mapping[str, Any] | None, source: str = "profile") -> DriftConfig:
         """Validate a profile's ``drift`` mapping; ``source`` names it in errors (e.g. 'profile cpu-int4')."""
-        values = dict(values or {})
-        known = set(cls.setting_names())
-        for key in values:
-            if key not in known:
-                raise ConfigError(source, f"drift.{key}", f"unknown drift setting; known: {', '.join(sorted(known))}")
-        out: dict[str, float | int] = {}
-        for key, raw in values.items():
-            try:
-                value = float(raw)
-            except (TypeError, ValueError):
-                raise ConfigError(source, f"drift.{key}", f"expected a number, got {raw!r}") from None
-            if key in _SWITCHES and value not in (0.0, 1.0):
-                raise ConfigError(source, f"drift.{key}", f"expected 1 (on) or 0 (off), got {raw!r}")
-            if value < 0 or (value == 0 and key not in (*_SWITCHES, "cooldown_s", "max_retrains_per_day")):
-                raise ConfigError(source, f"drift.{key}", f"must be positive, got {raw!r}")
-            if key.endswith("_ph_threshold") and value < MIN_PH_THRESHOLD:
-                raise ConfigError(
-                    source,
-                    f"drift.{key}",
-                    f"{raw!r} is too low: Page-Hinkley thresholds are in baseline standard deviations and "
-                    f"below {MIN_PH_THRESHOLD:g} they alarm on noise (default {getattr(cls(), key):g})",
-                )
-            if key.endswith(("adwin_delta", "ks_alpha")) and value >= 1:
-                raise ConfigError(source, f"drift.{key}", f"must be below 1, got {raw!r}")
-            if key in (*_INTEGERS, *_INTEGERS_ALSO):
-                if value != int(value):
-                    raise ConfigError(source, f"drift.{key}", f"expected a whole number, got {raw!r}")
-                out[key] = int(value)
-            else:
-                out[key] = value
-        return cls(**out)  # type: ignore[arg-type]
+        owners = cls.setting_owners()
+        grouped: dict[str, dict[str, Any]] = {}
+        for key, value in dict(values or {}).items():
+            if key not in owners:
+                raise ConfigError(source, f"drift.{key}", f"unknown drift setting; known: {', '.join(sorted(owners))}")
+            grouped.setdefault(owners[key], {})[key] = value
+        switches = {key: _validate(_SWITCH_VALUE, key, raw, source) for key, raw in grouped.pop(_SWITCH, {}).items()}
+        own = grouped.pop(_OWN, {})
+        settings = {name: _validate_model(detector_class(name).Settings, sub, source) for name, sub in grouped.items()}
+        return _validate_model(cls, {**own, "switches": switches, "detector_settings": settings}, source)
 
     def enabled(self, detector: str) -> bool:
-        return bool(getattr(self, detector, 0))
+        if detector in self.switches:
+            return self.switches[detector]
+        try:
+            return detector_class(detector).enabled_by_default
+        except UnknownDetector:
+            return False
+
+    def settings_for(self, detector: str) -> DetectorSettings:
+        """The detector's validated settings (its defaults where the profile gives none)."""
+        if detector in self.detector_settings:
+            return self.detector_settings[detector]
+        return detector_class(detector).Settings()
+
+    def get(self, key: str) -> Any:
+        """The value of one profile key, whoever owns it (defaults included)."""
+        owner = self.setting_owners().get(key)
+        if owner is None:
+            raise KeyError(key)
+        if owner == _SWITCH:
+            return int(self.enabled(key))
+        return getattr(self if owner == _OWN else self.settings_for(owner), key)
+
+
+def _validate(adapter: TypeAdapter[Any], key: str, raw: Any, source: str) -> Any:
+    try:
+        return adapter.validate_python(raw)
+    except ValidationError as exc:
+        raise config_error(source, exc, prefix=f"drift.{key}") from None
+
+
+def _validate_model(model: type[M], values: dict[str, Any], source: str) -> M:
+    try:
+        return model.model_validate(values)
+    except ValidationError as exc:
+        raise config_error(source, exc, prefix="drift.") from None
 
 
 def config_for(profile: DeviceProfile) -> DriftConfig:

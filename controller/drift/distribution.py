@@ -1,30 +1,21 @@
-"""Distribution tests on windowed histograms against a reference histogram: PSI, KS and Wasserstein-1.
+"""Distribution tests on histograms against a reference histogram: PSI, KS and Wasserstein-1.
 
 The functions work on bin counts (the agents report prompt-length histograms, never prompts) and, for KS
-and Wasserstein, on raw samples as well. The detectors wrap them: each tests the sum of the most recent
-windows that together hold at least ``min_count`` observations (and at least ``windows`` windows), so
-quiet devices are tested on enough data and busy ones react within a few windows. A reference learned
-from windows likewise needs ``reference_windows`` windows and ``min_count`` observations. After a reset a
-detector learns a new reference, so a shift that has been reported (and acted on) does not raise the
-same alarm again.
+and Wasserstein, on raw samples as well. The detectors that use them live in
+``controller/drift/detectors/`` (``histogram.py`` and one module per test).
 """
 
 from __future__ import annotations
 
 import math
-from abc import abstractmethod
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
-
-from controller.drift.base import Detection, Detector
-from controller.drift.registry import register_detector
 
 _PSI_EPS = 1e-4
 
 
-def _proportions(counts: Sequence[float]) -> np.ndarray:
+def proportions(counts: Sequence[float]) -> np.ndarray:
     arr = np.asarray(counts, dtype=float)
     total = arr.sum()
     if total <= 0:
@@ -32,7 +23,7 @@ def _proportions(counts: Sequence[float]) -> np.ndarray:
     return arr / total
 
 
-def _same_length(a: Sequence[float], b: Sequence[float]) -> None:
+def same_length(a: Sequence[float], b: Sequence[float]) -> None:
     if len(a) != len(b):
         raise ValueError(f"histograms have different numbers of bins ({len(a)} vs {len(b)})")
 
@@ -58,9 +49,9 @@ def bin_centers(edges: Sequence[float], n_bins: int) -> np.ndarray:
 
 def psi(reference: Sequence[float], actual: Sequence[float], eps: float = _PSI_EPS) -> float:
     """Population stability index: sum((a - r) * ln(a / r)) over bins, proportions floored at ``eps``."""
-    _same_length(reference, actual)
-    r = np.maximum(_proportions(reference), eps)
-    a = np.maximum(_proportions(actual), eps)
+    same_length(reference, actual)
+    r = np.maximum(proportions(reference), eps)
+    a = np.maximum(proportions(actual), eps)
     return float(np.sum((a - r) * np.log(a / r)))
 
 
@@ -78,8 +69,8 @@ def ks_pvalue(d: float, n: float, m: float) -> float:
 
 def ks_binned(reference: Sequence[float], actual: Sequence[float]) -> tuple[float, float]:
     """KS statistic (largest gap between the two CDFs at the bin boundaries) and its p-value."""
-    _same_length(reference, actual)
-    d = float(np.max(np.abs(np.cumsum(_proportions(reference)) - np.cumsum(_proportions(actual)))))
+    same_length(reference, actual)
+    d = float(np.max(np.abs(np.cumsum(proportions(reference)) - np.cumsum(proportions(actual)))))
     return d, ks_pvalue(d, float(np.sum(reference)), float(np.sum(actual)))
 
 
@@ -97,11 +88,11 @@ def ks_2samp(a: Sequence[float], b: Sequence[float]) -> tuple[float, float]:
 
 def wasserstein_binned(reference: Sequence[float], actual: Sequence[float], centers: Sequence[float]) -> float:
     """Wasserstein-1 (earth mover's) distance between two histograms whose mass sits at ``centers``."""
-    _same_length(reference, actual)
+    same_length(reference, actual)
     c = np.asarray(centers, dtype=float)
     if len(c) != len(reference):
         raise ValueError(f"{len(c)} bin centers for {len(reference)} bins")
-    gap = np.abs(np.cumsum(_proportions(reference)) - np.cumsum(_proportions(actual)))[:-1]
+    gap = np.abs(np.cumsum(proportions(reference)) - np.cumsum(proportions(actual)))[:-1]
     return float(np.sum(gap * np.diff(c)))
 
 
@@ -115,143 +106,3 @@ def wasserstein_samples(a: Sequence[float], b: Sequence[float]) -> float:
     cdf_x = np.searchsorted(x, points[:-1], side="right") / len(x)
     cdf_y = np.searchsorted(y, points[:-1], side="right") / len(y)
     return float(np.sum(np.abs(cdf_x - cdf_y) * deltas))
-
-
-class HistogramTest(Detector):
-    """Base of the distribution tests: sliding sum of recent histograms tested against a reference."""
-
-    input_type = "histogram"
-
-    def __init__(
-        self,
-        threshold: float,
-        windows: int = 5,
-        min_count: int = 200,
-        reference_windows: int = 20,
-        edges: Sequence[float] = (),
-    ) -> None:
-        if threshold <= 0 or windows < 1 or min_count < 1 or reference_windows < 1:
-            raise ValueError(f"{self.name}: threshold > 0, windows >= 1, min_count >= 1 are required")
-        self.threshold = float(threshold)
-        self.windows = int(windows)
-        self.min_count = int(min_count)
-        self.reference_windows = int(reference_windows)
-        self.edges = [float(e) for e in edges]
-        self.reference: list[float] | None = None
-        self.learning: list[float] = []
-        self.learned = 0
-        self.buffer: list[list[float]] = []
-
-    def set_reference(self, counts: Sequence[float]) -> None:
-        if float(np.sum(counts)) <= 0:
-            raise ValueError("the reference histogram has no observations")
-        self.reference = [float(c) for c in counts]
-        self.learning, self.learned = [], 0
-
-    def reset(self) -> None:
-        self.reference = None
-        self.learning, self.learned = [], 0
-        self.buffer = []
-
-    @abstractmethod
-    def _test(self, reference: np.ndarray, recent: np.ndarray) -> tuple[float, bool, dict[str, Any]]:
-        """(statistic, alarm, extra details)."""
-
-    def update(self, value: Sequence[float]) -> Detection | None:
-        counts = [float(c) for c in value]
-        if sum(counts) <= 0:
-            return None
-        if self.reference is None:
-            self.learning = [a + b for a, b in zip(self.learning, counts, strict=True)] if self.learning else counts
-            self.learned += 1
-            if self.learned >= self.reference_windows and sum(self.learning) >= self.min_count:
-                self.set_reference(self.learning)
-            return None
-        _same_length(self.reference, counts)
-        self.buffer.append(counts)
-        # Drop the oldest windows while the rest still holds enough windows and observations.
-        totals = [sum(h) for h in self.buffer]
-        drop = 0
-        while len(self.buffer) - drop > self.windows and sum(totals[drop + 1 :]) >= self.min_count:
-            drop += 1
-        del self.buffer[:drop]
-        del self.buffer[: -max(self.windows, self.min_count)]  # a hard bound on the state
-        recent = np.sum(np.asarray(self.buffer), axis=0)
-        if recent.sum() < self.min_count:
-            return None
-        reference = np.asarray(self.reference)
-        stat, alarm, extra = self._test(reference, recent)
-        if not alarm:
-            return None
-        details = {"recent_counts": recent.tolist(), "reference_counts": list(self.reference), **extra}
-        if self.edges:
-            details["edges"] = self.edges
-        return Detection(self.name, stat, self.threshold, "shift", details)
-
-    def params(self) -> dict[str, Any]:
-        return {
-            "threshold": self.threshold,
-            "windows": self.windows,
-            "min_count": self.min_count,
-            "reference_windows": self.reference_windows,
-            "edges": self.edges,
-        }
-
-    def _variables(self) -> dict[str, Any]:
-        return {"reference": self.reference, "learning": self.learning, "learned": self.learned, "buffer": self.buffer}
-
-    def _restore(self, variables: dict[str, Any]) -> None:
-        ref = variables.get("reference")
-        self.reference = [float(c) for c in ref] if ref is not None else None
-        self.learning = [float(c) for c in variables.get("learning", [])]
-        self.learned = int(variables.get("learned", 0))
-        self.buffer = [[float(c) for c in h] for h in variables.get("buffer", [])]
-
-
-@register_detector("psi")
-class PsiTest(HistogramTest):
-    """Alarm when PSI(reference, recent) > threshold (0.1 small, 0.25 large shift by the usual rule)."""
-
-    def __init__(self, threshold: float = 0.25, **kwargs: Any) -> None:
-        super().__init__(threshold, **kwargs)
-
-    def _test(self, reference: np.ndarray, recent: np.ndarray) -> tuple[float, bool, dict[str, Any]]:
-        value = psi(reference, recent)
-        return value, value > self.threshold, {}
-
-
-@register_detector("ks")
-class KsTest(HistogramTest):
-    """Alarm when the binned KS statistic exceeds ``threshold`` and its p-value is below ``alpha``."""
-
-    def __init__(self, threshold: float = 0.15, alpha: float = 0.001, **kwargs: Any) -> None:
-        if not 0.0 < alpha < 1.0:
-            raise ValueError(f"ks alpha must be in (0, 1), got {alpha}")
-        self.alpha = float(alpha)
-        super().__init__(threshold, **kwargs)
-
-    def params(self) -> dict[str, Any]:
-        return {**super().params(), "alpha": self.alpha}
-
-    def _test(self, reference: np.ndarray, recent: np.ndarray) -> tuple[float, bool, dict[str, Any]]:
-        d, p = ks_binned(reference, recent)
-        return d, d > self.threshold and p < self.alpha, {"p_value": p, "alpha": self.alpha}
-
-
-@register_detector("wasserstein")
-class WassersteinTest(HistogramTest):
-    """Alarm when W1(reference, recent), in units of the reference's standard deviation, > threshold."""
-
-    def __init__(self, threshold: float = 0.5, **kwargs: Any) -> None:
-        super().__init__(threshold, **kwargs)
-
-    def _test(self, reference: np.ndarray, recent: np.ndarray) -> tuple[float, bool, dict[str, Any]]:
-        centers = bin_centers(self.edges, len(reference))
-        w = wasserstein_binned(reference, recent, centers)
-        p = _proportions(reference)
-        mean = float(np.sum(p * centers))
-        scale = math.sqrt(float(np.sum(p * (centers - mean) ** 2)))
-        if scale <= 0:
-            scale = float(np.mean(np.diff(centers))) if len(centers) > 1 else 1.0
-        value = w / scale
-        return value, value > self.threshold, {"wasserstein": w, "reference_std": scale}

@@ -1,5 +1,9 @@
 """Drift detectors by name: each detector class registers itself with :func:`register_detector`.
 
+This module knows no detector: ``controller/drift/detectors/__init__.py`` lists the built-in modules, and
+importing ``controller.drift`` (or ``controller.drift.config``) loads them. A detector elsewhere (a plugin,
+a test) registers the same way and is used by the watch and accepted by the profile config from then on.
+
 ``create_detector("page_hinkley", threshold=10.0)`` builds one; ``detector_from_state(state)`` rebuilds a
 detector from its ``to_state()`` dict (the name travels inside the state).
 """
@@ -7,14 +11,12 @@ detector from its ``to_state()`` dict (the name travels inside the state).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
-from shared.errors import ConfigError, NotFound
+from controller.drift.base import Detector
+from shared.errors import NotFound
 
-if TYPE_CHECKING:
-    from controller.drift.base import Detector
-
-D = TypeVar("D", bound="type[Detector]")
+D = TypeVar("D", bound=type[Detector])
 
 _DETECTORS: dict[str, type[Detector]] = {}
 
@@ -26,7 +28,7 @@ class UnknownDetector(NotFound):
 
 
 def register_detector(name: str) -> Callable[[D], D]:
-    """Class decorator: makes a detector available under ``name``."""
+    """Class decorator: makes a detector available under ``name`` (also the name of its profile switch)."""
 
     def wrap(cls: D) -> D:
         if name in _DETECTORS and _DETECTORS[name] is not cls:
@@ -38,20 +40,21 @@ def register_detector(name: str) -> Callable[[D], D]:
     return wrap
 
 
-def _load_builtin() -> None:
-    # Importing the modules registers the built-in detectors.
-    import controller.drift.adwin
-    import controller.drift.detectors
-    import controller.drift.distribution  # noqa: F401
+def unregister_detector(name: str) -> None:
+    """Forget a detector (for tests and plugins that come and go); unknown names are ignored."""
+    _DETECTORS.pop(name, None)
 
 
 def detector_names() -> list[str]:
-    _load_builtin()
     return sorted(_DETECTORS)
 
 
+def detector_classes() -> list[type[Detector]]:
+    """The registered detectors in registration order (the order the watch feeds them)."""
+    return list(_DETECTORS.values())
+
+
 def detector_class(name: str) -> type[Detector]:
-    _load_builtin()
     try:
         return _DETECTORS[name]
     except KeyError:
@@ -59,11 +62,8 @@ def detector_class(name: str) -> type[Detector]:
 
 
 def create_detector(name: str, **params: Any) -> Detector:
-    cls = detector_class(name)
-    try:
-        return cls(**params)
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"detector '{name}'", "", f"bad parameters {sorted(params)}: {exc}") from exc
+    """A detector from keyword parameters; bad ones raise :class:`ConfigError` naming the parameter."""
+    return detector_class(name)(**params)
 
 
 def detector_from_state(state: dict[str, Any]) -> Detector:

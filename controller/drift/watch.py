@@ -2,6 +2,13 @@
 baseline, learns missing baseline figures from the first windows, feeds the detectors, and turns alarms
 into :class:`Finding` objects (one per kind per window), resetting that kind's detectors afterwards.
 
+Dispatch is by the detector interface only (``controller/drift/base.py``), never by name: each of
+:data:`TARGETS` yields its input (a standardized float for a scalar metric, bin counts for the prompt-length
+histogram) once its baseline is known, and that input goes to every registered detector that the profile
+enables and whose ``input_type`` is the target's. A detector is built with ``params_for`` from its validated
+settings, handed the baseline when it declares ``needs_reference``, and rebuilt with its running state kept
+when the profile's settings change.
+
 Pure computation on :class:`TelemetryWindowRow` objects, no database: the monitor persists ``to_state()``
 and the bench drives the very same code on synthetic windows.
 """
@@ -9,10 +16,11 @@ and the bench drives the very same code on synthetic windows.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from controller.drift.base import Detection, Detector
+from controller.drift.base import Detection, Detector, DetectorParams, InputType, Target
 from controller.drift.baseline import (
     EDGES_KEY,
     HIST_KEY,
@@ -23,29 +31,21 @@ from controller.drift.baseline import (
     usable_scalar,
 )
 from controller.drift.config import DriftConfig
-from controller.drift.registry import create_detector, detector_from_state
+from controller.drift.registry import detector_classes, detector_from_state
 from controller.store.tables import TelemetryWindowRow
+from shared.errors import SlmopsError
 
 log = logging.getLogger(__name__)
 
 RECENT_KEPT = 20
-SCALAR_DETECTORS = ("page_hinkley", "adwin")
-HIST_DETECTORS = ("psi", "ks", "wasserstein")
 
-
-@dataclass(frozen=True)
-class MetricSpec:
-    metric: str
-    kind: str  # latency | quality | input
-    direction: str  # the bad direction: up | down | both
-
-
-SCALAR_SPECS = (
-    MetricSpec("latency_p95_ms", "latency", "up"),
-    MetricSpec("format_validity", "quality", "down"),
-    MetricSpec("prompt_nll", "quality", "up"),
+# What is watched. Each target goes to every enabled detector whose input_type is the target's.
+TARGETS = (
+    Target("latency_p95_ms", "latency", "up", InputType.SCALAR),
+    Target("format_validity", "quality", "down", InputType.SCALAR),
+    Target("prompt_nll", "quality", "up", InputType.SCALAR),
+    Target(HIST_KEY, "input", "both", InputType.DISTRIBUTION),
 )
-HIST_SPEC = MetricSpec(HIST_KEY, "input", "both")
 
 
 @dataclass
@@ -59,35 +59,7 @@ class Finding:
     evidence: dict[str, Any] = field(default_factory=dict)
 
 
-def scalar_params(config: DriftConfig, spec: MetricSpec, detector: str) -> dict[str, Any]:
-    prefix = "latency" if spec.kind == "latency" else "quality"
-    if detector == "page_hinkley":
-        return {
-            "delta": getattr(config, f"{prefix}_ph_delta"),
-            "threshold": getattr(config, f"{prefix}_ph_threshold"),
-            "direction": spec.direction,
-            "min_instances": config.min_instances,
-            "prior_weight": config.baseline_windows,
-        }
-    return {
-        "delta": getattr(config, f"{prefix}_adwin_delta"),
-        "direction": spec.direction,
-        "min_window_length": config.min_instances,
-        "min_change": config.adwin_min_change,
-    }
-
-
-def hist_params(config: DriftConfig, detector: str, edges: list[float]) -> dict[str, Any]:
-    params: dict[str, Any] = {
-        "threshold": getattr(config, f"{detector}_threshold"),
-        "windows": config.input_windows,
-        "min_count": config.input_min_count,
-        "reference_windows": config.baseline_windows,
-        "edges": edges,
-    }
-    if detector == "ks":
-        params["alpha"] = config.ks_alpha
-    return params
+Observed = tuple[Any, Target]  # the input for the detectors, and the target it came from (with its bin edges)
 
 
 class Watch:
@@ -100,10 +72,11 @@ class Watch:
         self.detectors: dict[str, Detector] = {}
         self.recent: dict[str, list[float]] = {}
         self.windows_fed = 0
+        self._params: dict[tuple[type[Detector], Target], DetectorParams] = {}
 
     # --- baseline ------------------------------------------------------------------------------------
-    def _scale(self, spec: MetricSpec, entry: dict[str, Any]) -> float:
-        if spec.kind == "latency":
+    def _scale(self, target: Target, entry: dict[str, Any]) -> float:
+        if target.kind == "latency":
             floor = self.config.latency_min_rel_std * abs(float(entry["mean"]))
         else:
             floor = self.config.quality_min_std
@@ -133,19 +106,61 @@ class Watch:
             self.baseline[EDGES_KEY] = self.learned[EDGES_KEY] = acc["edges"]
             self.hist_learning = {}
 
+    # --- inputs: what each input type feeds, or None while its baseline is being learned --------------
+    def _scalar_input(self, target: Target, window: TelemetryWindowRow) -> Observed | None:
+        value = scalar_value(window, target.metric)
+        if value is None:
+            return None
+        self._remember(target.metric, value)
+        entry = self.baseline.get(target.metric)
+        if not usable_scalar(entry):
+            self._learn_scalar(target.metric, value)
+            return None
+        z = (value - float(entry["mean"])) / self._scale(target, entry)
+        return max(-self.config.z_clip, min(self.config.z_clip, z)), target
+
+    def _distribution_input(self, target: Target, window: TelemetryWindowRow) -> Observed | None:
+        hist = histogram_value(window)
+        if hist is None:
+            return None
+        counts, edges = hist
+        if target.metric not in self.baseline:
+            self._learn_hist(counts, edges)
+            return None
+        if edges != list(self.baseline.get(EDGES_KEY, edges)) or len(counts) != len(self.baseline[target.metric]):
+            log.debug("window %s: histogram bins differ from the baseline's; skipped", window.id)
+            return None
+        return counts, replace(target, edges=tuple(edges))
+
+    def _reference(self, target: Target) -> Any:
+        """The baseline handed to a detector that declares ``needs_reference`` (see InputType)."""
+        if target.input_type is InputType.DISTRIBUTION:
+            return self.baseline[target.metric]
+        return {"mean": 0.0, "std": 1.0, "n": self.baseline[target.metric].get("n")}
+
+    _INPUTS: dict[InputType, Callable[[Watch, Target, TelemetryWindowRow], Observed | None]] = {
+        InputType.SCALAR: _scalar_input,
+        InputType.DISTRIBUTION: _distribution_input,
+    }
+
     # --- detectors -----------------------------------------------------------------------------------
-    def _detector(self, det_id: str, name: str, params: dict[str, Any]) -> Detector:
+    def _wanted(self, cls: type[Detector], target: Target) -> DetectorParams:
+        key = (cls, target)
+        if key not in self._params:
+            self._params[key] = cls.params_for(self.config.settings_for(cls.name), self.config, target)
+        return self._params[key]
+
+    def _detector(self, cls: type[Detector], target: Target) -> Detector:
+        det_id = f"{target.metric}:{cls.name}"
+        wanted = self._wanted(cls, target)
         det = self.detectors.get(det_id)
         if det is None:
-            det = create_detector(name, **params)
-            if name in HIST_DETECTORS:
-                det.set_reference(self.baseline[HIST_KEY])  # type: ignore[attr-defined]
-            self.detectors[det_id] = det
-        elif det.params() != params:  # the profile's settings changed: keep the running state
-            state = det.to_state()
-            det = create_detector(name, **params)
-            det._restore(state["vars"])
-            self.detectors[det_id] = det
+            det = cls(wanted)
+            if cls.needs_reference:
+                det.set_reference(self._reference(target))
+        elif det.p != wanted:  # the profile's settings changed: keep the running state
+            det = det.reconfigured(wanted)
+        self.detectors[det_id] = det
         return det
 
     def _remember(self, metric: str, value: float) -> None:
@@ -153,44 +168,29 @@ class Watch:
         values.append(round(value, 6))
         del values[:-RECENT_KEPT]
 
+    def _update(self, target: Target, value: Any) -> list[Detection]:
+        """Feed one input to every enabled detector that watches its input type."""
+        found = []
+        for cls in detector_classes():
+            if cls.input_type is target.input_type and self.config.enabled(cls.name):
+                detection = self._detector(cls, target).update(value)
+                if detection is not None:
+                    found.append(detection)
+        return found
+
     def feed(self, window: TelemetryWindowRow) -> list[Finding]:
         """Feed one window; returns at most one finding per kind."""
         self.windows_fed += 1
-        hits: dict[str, list[tuple[MetricSpec, Detection]]] = {}
-        for spec in SCALAR_SPECS:
-            value = scalar_value(window, spec.metric)
-            if value is None:
-                continue
-            self._remember(spec.metric, value)
-            entry = self.baseline.get(spec.metric)
-            if not usable_scalar(entry):
-                self._learn_scalar(spec.metric, value)
-                continue
-            z = (value - float(entry["mean"])) / self._scale(spec, entry)
-            z = max(-self.config.z_clip, min(self.config.z_clip, z))
-            for name in SCALAR_DETECTORS:
-                if self.config.enabled(name):
-                    det = self._detector(f"{spec.metric}:{name}", name, scalar_params(self.config, spec, name))
-                    found = det.update(z)
-                    if found is not None:
-                        hits.setdefault(spec.kind, []).append((spec, found))
-        hist = histogram_value(window)
-        if hist is not None:
-            counts, edges = hist
-            if HIST_KEY not in self.baseline:
-                self._learn_hist(counts, edges)
-            elif edges != list(self.baseline.get(EDGES_KEY, edges)) or len(counts) != len(self.baseline[HIST_KEY]):
-                log.debug("window %s: histogram bins differ from the baseline's; skipped", window.id)
-            else:
-                for name in HIST_DETECTORS:
-                    if self.config.enabled(name):
-                        det = self._detector(f"{HIST_KEY}:{name}", name, hist_params(self.config, name, edges))
-                        found = det.update(counts)
-                        if found is not None:
-                            hits.setdefault("input", []).append((HIST_SPEC, found))
+        hits: dict[str, list[tuple[Target, Detection]]] = {}
+        for target in TARGETS:
+            observed = self._INPUTS[target.input_type](self, target, window)
+            if observed is not None:
+                value, fed = observed
+                for detection in self._update(fed, value):
+                    hits.setdefault(target.kind, []).append((target, detection))
         return [self._finding(kind, found, window) for kind, found in hits.items()]
 
-    def _finding(self, kind: str, hits: list[tuple[MetricSpec, Detection]], window: TelemetryWindowRow) -> Finding:
+    def _finding(self, kind: str, hits: list[tuple[Target, Detection]], window: TelemetryWindowRow) -> Finding:
         spec, det = hits[0]
         evidence: dict[str, Any] = {
             "detector": det.detector,
@@ -207,8 +207,8 @@ class Watch:
                 for s, d in hits[1:]
             ],
         }
-        if spec.metric == HIST_KEY:
-            evidence["baseline"] = {"counts": self.baseline.get(HIST_KEY), "edges": self.baseline.get(EDGES_KEY)}
+        if spec.input_type is InputType.DISTRIBUTION:
+            evidence["baseline"] = {"counts": self.baseline.get(spec.metric), "edges": self.baseline.get(EDGES_KEY)}
         else:
             evidence["units"] = "baseline standard deviations"
             evidence["baseline"] = self.baseline.get(spec.metric)
@@ -217,7 +217,7 @@ class Watch:
         return Finding(kind, spec.metric, det, window.end_unix, evidence)
 
     def reset_kind(self, kind: str) -> None:
-        metrics = {s.metric for s in (*SCALAR_SPECS, HIST_SPEC) if s.kind == kind}
+        metrics = {t.metric for t in TARGETS if t.kind == kind}
         for det_id, det in self.detectors.items():
             if det_id.split(":", 1)[0] in metrics:
                 det.reset()
@@ -235,7 +235,11 @@ class Watch:
     @classmethod
     def from_state(cls, state: dict[str, Any], config: DriftConfig, baseline: dict[str, Any]) -> Watch:
         watch = cls(config, baseline)
-        watch.detectors = {k: detector_from_state(v) for k, v in state.get("detectors", {}).items()}
+        for det_id, det_state in state.get("detectors", {}).items():
+            try:
+                watch.detectors[det_id] = detector_from_state(det_state)
+            except (SlmopsError, ValueError, TypeError) as exc:  # e.g. a detector no longer registered
+                log.warning("drift detector %s not restored, it starts afresh: %s", det_id, exc)
         watch.learning = {k: list(v) for k, v in state.get("learning", {}).items()}
         watch.hist_learning = dict(state.get("hist_learning", {}))
         watch.recent = {k: list(v) for k, v in state.get("recent", {}).items()}

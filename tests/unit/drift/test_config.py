@@ -9,7 +9,7 @@ from shared.profiles import DeviceProfile, bundled_profiles_dir, load_profiles
 
 def test_defaults_and_overrides() -> None:
     cfg = DriftConfig.from_dict({"psi_threshold": 0.1, "adwin": 1, "baseline_windows": 30})
-    assert cfg.psi_threshold == 0.1 and cfg.enabled("adwin") and cfg.baseline_windows == 30
+    assert cfg.get("psi_threshold") == 0.1 and cfg.enabled("adwin") and cfg.baseline_windows == 30
     assert DriftConfig().enabled("page_hinkley") and not DriftConfig().enabled("ks")
     assert isinstance(cfg.baseline_windows, int)
 

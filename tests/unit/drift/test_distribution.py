@@ -71,7 +71,7 @@ def test_bin_centers_for_each_edge_convention() -> None:
 def test_histogram_tests_detect_a_shift_fast_and_stay_quiet_when_stationary(name: str) -> None:
     rng = np.random.default_rng(8)
     det = create_detector(name, edges=EDGES)
-    det.set_reference([sum(c) for c in zip(*(hist(rng, 20) for _ in range(20)), strict=True)])  # type: ignore[attr-defined]
+    det.set_reference([sum(c) for c in zip(*(hist(rng, 20) for _ in range(20)), strict=True)])
     assert sum(det.update(hist(rng, 20)) is not None for _ in range(2000)) == 0
     found = [det.update(hist(rng, 28)) for _ in range(5)]
     assert any(found)

@@ -13,36 +13,61 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from controller.drift.base import Detection, Detector, check_direction
+from pydantic import Field
+
+from controller.drift.base import (
+    Detection,
+    Detector,
+    DetectorParams,
+    DetectorSettings,
+    Direction,
+    InputType,
+    SharedSettings,
+    Target,
+)
 from controller.drift.registry import register_detector
+
+
+class AdwinParams(DetectorParams):
+    delta: float = Field(0.002, gt=0, lt=1)  # confidence
+    direction: Direction = "both"
+    clock: int = Field(1, ge=1)  # check for a cut every this many values
+    max_buckets: int = Field(5, ge=2)  # buckets per level of the exponential histogram
+    min_window_length: int = Field(5, ge=1)
+    grace_period: int = Field(10, ge=0)
+    min_change: float = Field(0.0, ge=0)
+
+
+class AdwinSettings(DetectorSettings):
+    latency_adwin_delta: float = Field(
+        0.002, gt=0, lt=1, description="ADWIN confidence on latency (smaller: fewer alarms, later)"
+    )
+    quality_adwin_delta: float = Field(0.002, gt=0, lt=1, description="ADWIN confidence on quality")
+    adwin_min_change: float = Field(
+        0.5, gt=0, description="ADWIN reports a cut only when the means differ by this (baseline std units)"
+    )
 
 
 @register_detector("adwin")
 class Adwin(Detector):
-    input_type = "scalar"
+    input_type = InputType.SCALAR
+    Params = AdwinParams
+    Settings = AdwinSettings
+    p: AdwinParams
 
-    def __init__(
-        self,
-        delta: float = 0.002,
-        direction: str = "both",
-        clock: int = 1,
-        max_buckets: int = 5,
-        min_window_length: int = 5,
-        grace_period: int = 10,
-        min_change: float = 0.0,
-    ) -> None:
-        if not 0.0 < delta < 1.0:
-            raise ValueError(f"adwin delta must be in (0, 1), got {delta}")
-        if clock < 1 or max_buckets < 2 or min_window_length < 1:
-            raise ValueError("adwin needs clock >= 1, max_buckets >= 2 and min_window_length >= 1")
-        self.delta = float(delta)
-        self.direction = check_direction(direction)
-        self.clock = int(clock)
-        self.max_buckets = int(max_buckets)
-        self.min_window_length = int(min_window_length)
-        self.grace_period = int(grace_period)
-        self.min_change = float(min_change)
+    def __init__(self, params: AdwinParams | None = None, /, **kwargs: Any) -> None:
+        super().__init__(params, **kwargs)
         self.reset()
+
+    @classmethod
+    def params_for(cls, settings: AdwinSettings, shared: SharedSettings, target: Target) -> AdwinParams:
+        latency = target.kind == "latency"
+        return AdwinParams(
+            delta=settings.latency_adwin_delta if latency else settings.quality_adwin_delta,
+            direction=target.direction,
+            min_window_length=shared.min_instances,
+            min_change=settings.adwin_min_change,
+        )
 
     def reset(self) -> None:
         # levels[i]: buckets of 2**i values, oldest first, each [sum, sum of squared deviations].
@@ -59,7 +84,7 @@ class Adwin(Detector):
     def update(self, value: float) -> Detection | None:
         self._insert(float(value))
         self.tick += 1
-        if self.tick % self.clock or self.width <= self.grace_period:
+        if self.tick % self.p.clock or self.width <= self.p.grace_period:
             return None
         return self._detect()
 
@@ -73,7 +98,7 @@ class Adwin(Detector):
         level = 0
         while level < len(self.levels):
             buckets = self.levels[level]
-            if len(buckets) <= self.max_buckets:
+            if len(buckets) <= self.p.max_buckets:
                 break
             (t1, v1), (t2, v2) = buckets[0], buckets[1]
             n = 2**level
@@ -102,7 +127,7 @@ class Adwin(Detector):
 
     def _epsilon(self, n0: int, n1: int) -> float:
         m_recip = 1.0 / n0 + 1.0 / n1
-        dd = math.log(2.0 * math.log(self.width) / self.delta)
+        dd = math.log(2.0 * math.log(self.width) / self.p.delta)
         variance = self.m2 / self.width
         return math.sqrt(2.0 * m_recip * variance * dd) + 2.0 / 3.0 * dd * m_recip
 
@@ -119,7 +144,7 @@ class Adwin(Detector):
                 n0 += size
                 s0 += total
                 n1 = self.width - n0
-                if n0 < self.min_window_length or n1 < self.min_window_length:
+                if n0 < self.p.min_window_length or n1 < self.p.min_window_length:
                     continue
                 diff = (self.total - s0) / n1 - s0 / n0
                 eps = self._epsilon(n0, n1)
@@ -129,32 +154,21 @@ class Adwin(Detector):
 
     def _detect(self) -> Detection | None:
         reported: Detection | None = None
-        while self.width > self.grace_period:
+        while self.width > self.p.grace_period:
             cut = self._find_cut()
             if cut is None:
                 break
             n0, n1, diff, eps = cut
             direction = "up" if diff > 0 else "down"
-            big_enough = abs(diff) >= self.min_change
-            if reported is None and big_enough and self.direction in (direction, "both"):
+            big_enough = abs(diff) >= self.p.min_change
+            if reported is None and big_enough and self.p.direction in (direction, "both"):
                 details = {"old_window": n0, "recent_window": n1, "mean_difference": diff}
                 reported = Detection(self.name, abs(diff), eps, direction, details)
             self._drop_oldest()
         return reported
 
     # --- state ----------------------------------------------------------------------------------------
-    def params(self) -> dict[str, Any]:
-        return {
-            "delta": self.delta,
-            "direction": self.direction,
-            "clock": self.clock,
-            "max_buckets": self.max_buckets,
-            "min_window_length": self.min_window_length,
-            "grace_period": self.grace_period,
-            "min_change": self.min_change,
-        }
-
-    def _variables(self) -> dict[str, Any]:
+    def variables(self) -> dict[str, Any]:
         return {
             "levels": [[list(b) for b in lvl] for lvl in self.levels],
             "width": self.width,
@@ -163,7 +177,7 @@ class Adwin(Detector):
             "tick": self.tick,
         }
 
-    def _restore(self, variables: dict[str, Any]) -> None:
+    def restore(self, variables: dict[str, Any]) -> None:
         self.levels = [[[float(t), float(v)] for t, v in lvl] for lvl in variables.get("levels", [[]])] or [[]]
         self.width = int(variables.get("width", 0))
         self.total = float(variables.get("total", 0.0))
