@@ -1,4 +1,4 @@
-"""`slmops build RECIPE [--follow]` and `slmops jobs list|show|cancel`."""
+"""`slmops build RECIPE [--follow | --plan]` and `slmops jobs list|show|cancel`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from controller.cli.common import add_connection_flags, ago, connect, console, ref
+from controller.cli.common import add_connection_flags, ago, connect, console, count_arg, ref
 from shared.errors import ConfigError
 
 
@@ -17,12 +17,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("build", help="submit a build recipe (YAML) to the controller")
     p.add_argument("recipe", help="recipe file, e.g. examples/recipes/demo.yaml")
     p.add_argument("--follow", "-f", action="store_true", help="show live progress until the job ends")
+    p.add_argument(
+        "--plan",
+        action="store_true",
+        help="print the plan (steps, inputs, outputs, resources, cache keys) here and submit nothing",
+    )
+    p.add_argument("--format", choices=("table", "json", "yaml"), default="table", help="with --plan: the output")
+    p.add_argument("--profiles-dir", default=None, help="with --plan: device profiles to plan for (default: bundled)")
     add_connection_flags(p)
     p.set_defaults(func=build)
 
     jobs = sub.add_parser("jobs", help="build and retrain jobs").add_subparsers(dest="action", required=True)
     p = jobs.add_parser("list", help="jobs, newest first")
-    p.add_argument("--limit", type=int, default=20)
+    p.add_argument("--limit", type=count_arg, default=20)
     add_connection_flags(p)
     p.set_defaults(func=jobs_list)
     p = jobs.add_parser("show", help="one job; --follow shows live progress")
@@ -48,12 +55,34 @@ def build(args: argparse.Namespace) -> int:
     path = Path(args.recipe)
     if not path.is_file():
         raise ConfigError(str(path), "", "recipe file does not exist")
+    if args.plan:
+        return print_plan(path, args)
     conn = connect(args)
     job = conn(
         "SubmitBuild", admin_pb2.SubmitBuildRequest(recipe_yaml=path.read_text(), recipe_path=str(path.resolve()))
     )
     console.print(f"submitted job [bold]{job.job_id}[/] ({(len(job.message) and job.message) or 'queued'})")
     return follow(conn, job.job_id) if args.follow else 0
+
+
+def print_plan(path: Path, args: argparse.Namespace) -> int:
+    """The recipe's plan, made here (no controller): what `build` would run, with each step's cache key."""
+    from controller.factory.plan import ROW_HEADERS, plan_file
+
+    plan = plan_file(path, Path(args.profiles_dir) if args.profiles_dir else None)
+    if args.format != "table":
+        print(plan.to_json() if args.format == "json" else plan.to_yaml().rstrip("\n"))
+        return 0
+    from rich.text import Text
+
+    table = Table(title=f"plan for {plan.name}: {len(plan.steps)} steps (nothing submitted)")
+    for col in ROW_HEADERS:
+        table.add_column(col, overflow="fold")
+    for row in plan.rows():
+        table.add_row(*(Text(cell) for cell in row))  # paths and refs are not markup
+    console.print(table)
+    console.print(f"plan hash {plan.hash[:16]}; cache keys as the controller computes them for the same files")
+    return 0
 
 
 def follow(conn, job_id: str) -> int:  # type: ignore[no-untyped-def]

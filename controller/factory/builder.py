@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.factory.subproc import run_tool
-from shared.errors import StageError
+from shared.errors import RecipeError, StageError
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,30 @@ BUILDER_COMBOS = {
 
 # Files every onnxruntime-genai model folder must hold besides the ONNX model itself.
 REQUIRED_FILES = ("genai_config.json", "tokenizer.json")
+
+
+# The runtimes a variant can be built for (a profile's ``runtime``, see agent/runtime/) and what each loads. Both
+# load the onnxruntime-genai folder this module builds; Foundry Local cannot apply runtime LoRA adapters
+# (agent/runtime/foundry_local.py), so a base + .onnx_adapter variant is refused for it.
+RUNTIME_TARGETS: dict[str, dict[str, Any]] = {
+    "ort-genai": {"format": "ort-genai", "runtime_adapters": True},
+    "foundry-local": {"format": "ort-genai", "runtime_adapters": False},
+}
+
+
+def check_runtime_target(runtime: str, field: str, source: str, runtime_adapter: bool = False) -> dict[str, Any]:
+    """The build target for ``runtime``; RecipeError when unknown or when it cannot load a runtime adapter."""
+    target = RUNTIME_TARGETS.get(runtime)
+    if target is None:
+        raise RecipeError(source, field, f"unknown runtime '{runtime}' (known: {', '.join(RUNTIME_TARGETS)})")
+    if runtime_adapter and not target["runtime_adapters"]:
+        raise RecipeError(
+            source,
+            field,
+            f"runtime '{runtime}' cannot apply a runtime LoRA adapter (finetune.merge: false); "
+            "merge the adapter (merge: true) or target an ort-genai profile",
+        )
+    return target
 
 
 def builder_supports(precision: str, execution_provider: str) -> bool:

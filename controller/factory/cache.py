@@ -1,11 +1,14 @@
 """Content-hash cache of stage outputs, shared by every job of a controller (``<data>/cache/stages``).
 
-A step's key hashes (stage name, stage version, the parsed config as canonical JSON, the digests of the
-outputs it reads, the content of any existing absolute path named in its config). A hit reuses the
-stored outputs without running the stage. Entries are immutable folders ``<root>/<key>/`` holding the
-stage's work dir and ``result.json``; they are written by renaming a finished work dir into place, so a
-half-written entry is never visible. File hashes are memoised by (path, size, mtime) so large model
-folders are hashed once.
+A step's key hashes (stage name, stage version, the parsed config as canonical JSON, the keys of the steps
+it reads from, the content of any existing absolute path named in its config): a Merkle hash over the plan,
+so every key is known before anything runs (``slmops build --plan`` prints them). A step that is never cached
+(``publish``, ``registry-variant``) has no key; steps reading from it use the digest of what it produced
+instead (:func:`input_key`). A hit reuses the stored outputs without running the stage.
+
+Entries are immutable folders ``<root>/<key>/`` holding the stage's work dir and ``result.json``; they are
+written by renaming a finished work dir into place, so a half-written entry is never visible. File hashes are
+memoised by (path, size, mtime) so large model folders are hashed once.
 """
 
 from __future__ import annotations
@@ -80,6 +83,17 @@ def config_paths(value: Any) -> list[str]:
     return found
 
 
+def path_digests(config: dict[str, Any], fp: Fingerprints) -> dict[str, str]:
+    """Content digests of the existing absolute paths a config names (part of its step's key)."""
+    return {p: fp.path(Path(p)) for p in sorted(set(config_paths(config)))}
+
+
+def input_key(stage: str, key: str, digest: str = "") -> str:
+    """How a step's key names one input step: by that step's key, or by the digest of its outputs when it is
+    never cached (its outputs can differ between runs of the same plan)."""
+    return f"{stage}:{key}" if key else f"{stage}:out:{digest}"
+
+
 def output_digest(outputs: dict[str, Path], fp: Fingerprints) -> str:
     digest = hashlib.sha256()
     for name in sorted(outputs):
@@ -104,10 +118,11 @@ class StageCache:
 
     @staticmethod
     def key(
-        stage: str, version: str, config: dict[str, Any], input_digests: list[str], path_digests: dict[str, str]
+        stage: str, version: str, config: dict[str, Any], input_keys: list[str], path_digests: dict[str, str]
     ) -> str:
+        """The cache key of a step (``input_keys``: :func:`input_key` of each step it reads from, in order)."""
         payload = json.dumps(
-            {"stage": stage, "version": version, "config": config, "inputs": input_digests, "paths": path_digests},
+            {"stage": stage, "version": version, "config": config, "inputs": input_keys, "paths": path_digests},
             sort_keys=True,
             separators=(",", ":"),
             default=str,
@@ -115,7 +130,7 @@ class StageCache:
         return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
     def path_digests(self, config: dict[str, Any]) -> dict[str, str]:
-        return {p: self.fingerprints.path(Path(p)) for p in sorted(set(config_paths(config)))}
+        return path_digests(config, self.fingerprints)
 
     def get(self, key: str) -> CachedStep | None:
         entry = self.root / key

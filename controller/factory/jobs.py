@@ -26,7 +26,8 @@ from sqlalchemy import update
 from sqlmodel import col, select
 
 from controller.factory.pipeline import validate_pipeline
-from controller.factory.recipe import apply_overrides, dump_recipe, expand_recipe, load_recipe
+from controller.factory.plan import expand_recipe
+from controller.factory.recipe import apply_overrides, dump_recipe, load_recipe
 from controller.factory.worker import WorkerArgs, data_paths, run_job
 from controller.store.db import Store
 from controller.store.tables import Job

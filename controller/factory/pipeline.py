@@ -2,8 +2,8 @@
 
 A step has a unique ``id`` (a stage can appear several times: ``quantize@cpu-int4``,
 ``quantize@cpu-fp32``), the ids of the steps whose outputs it reads (``needs``) and the device profile it
-belongs to ("" for shared steps). The runner gives a step only its needs' outputs, which is also what
-its cache key covers.
+belongs to ("" for shared steps). The planner (``plan/``) makes them from a recipe; the runner gives a step
+only its needs' outputs, which is also what its cache key covers.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from controller.factory.stage import get_stage
+from controller.factory.stage import Stage, StageConfig, get_stage
 from shared.errors import ConfigError, NotFound, RecipeError, SlmopsError
 
 
@@ -54,23 +54,28 @@ def check_structure(steps: list[PipelineStep], source: str = "recipe") -> None:
         seen.add(step.id)
 
 
+def parse_step(step: PipelineStep, source: str = "recipe") -> tuple[Stage, StageConfig]:
+    """The step's stage and parsed config; errors are RecipeErrors naming ``<step id>.<field>``."""
+    try:
+        stage = get_stage(step.stage)
+    except NotFound as exc:
+        raise RecipeError(source, f"stages.{step.id}", exc.message) from exc
+    try:
+        return stage, stage.parse_config(step.config, source)
+    except ConfigError as exc:
+        if isinstance(exc, RecipeError):
+            raise
+        field = exc.field.removeprefix(f"{step.stage}.").removeprefix(step.stage)
+        where = f"{step.id}.{field}" if field else step.id
+        raise RecipeError(source, where, exc.reason.removeprefix("Value error, ")) from exc
+
+
 def validate_pipeline(steps: list[PipelineStep], extras: dict[str, Any], source: str = "recipe") -> None:
     """Everything that can fail before work starts: unknown stage, bad config, each stage's own checks."""
     check_structure(steps, source)
     extras = {**extras, "recipe_source": source}
     for step in steps:
-        try:
-            stage = get_stage(step.stage)
-        except NotFound as exc:
-            raise RecipeError(source, f"stages.{step.id}", exc.message) from exc
-        try:
-            config = stage.parse_config(step.config, source)
-        except ConfigError as exc:
-            if isinstance(exc, RecipeError):
-                raise
-            field = exc.field.removeprefix(f"{step.stage}.").removeprefix(step.stage)
-            where = f"{step.id}.{field}" if field else step.id
-            raise RecipeError(source, where, exc.reason.removeprefix("Value error, ")) from exc
+        stage, config = parse_step(step, source)
         try:
             stage.validate(config, {**extras, "step": step})
         except ConfigError:

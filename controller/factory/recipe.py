@@ -1,9 +1,10 @@
 """Build recipes (YAML): what to distill, train, fine-tune, convert and evaluate, for which device profiles.
 
 A recipe names the data, the teacher, the student, optional fine-tuning, the target profiles and how to
-evaluate; :func:`expand_recipe` (in ``expand.py``) turns it into a pipeline of stage steps. Sections that
+evaluate; the planner (``controller/factory/plan``) turns it into a pipeline of stage steps. Sections that
 configure one training stage are passed to that stage's config (unknown keys are errors there, named as
-``stage.field``). Relative paths are resolved against the recipe file's folder when it is loaded.
+``stage.field``). ``stages:`` adds steps of any registered stage after a phase of the pipeline (see
+``plan/phases.py``). Relative paths are resolved against the recipe file's folder when it is loaded.
 
 Overrides (``JobManager.submit(..., overrides=...)``; used by retrain/re-optimize) are a dict:
 - ``extra_train_data: [PATH, ...]``: JSONL files added to the training prompts (e.g. sampled production
@@ -105,7 +106,10 @@ class EvaluationSection(_Section):
     limit: int = Field(0, ge=0)
     max_new_tokens: int = Field(64, gt=0)
     threads: int = Field(0, ge=0)
-    golden: int = Field(5, ge=0)
+    # Golden prompts stored in each variant's manifest for the agents' health checks (each must give the same
+    # output on the device). 16: a model whose weights are partly damaged (half its answers differ) passes 5
+    # prompts 1 time in 32, 16 prompts 1 time in 65536; the check costs ~0.15 s on the tiny test model.
+    golden: int = Field(16, ge=0)
     warmup: int = Field(2, ge=0)
     # Measure the teacher (built at teacher_precision) and the fp32 student for the seed table.
     # None: the teacher is measured when it is trained by the recipe (a folder teacher may be huge).
@@ -116,6 +120,19 @@ class EvaluationSection(_Section):
     # JSONL of held-out prompts (e.g. sampled on devices; answers optional: the teacher labels prompts without
     # one). Every variant, and the parent version's variant when lineage.parent_version is set, is scored on it.
     holdout: str = ""
+
+
+class StageEntry(_Section):
+    """An extra step: a registered stage planned right after the phase ``after`` (per profile when that phase
+    is one of the per-profile ones). Its input ports read the artifacts named like them unless ``inputs`` maps
+    a port to another artifact; its outputs provide artifacts named like them unless ``outputs`` says."""
+
+    stage: str
+    id: str = Field("", pattern=r"^([A-Za-z0-9][A-Za-z0-9_-]{0,62})?$")
+    after: str = "finetune"
+    config: dict[str, Any] = Field(default_factory=dict)
+    inputs: dict[str, str | list[str]] = Field(default_factory=dict)
+    outputs: dict[str, str] = Field(default_factory=dict)
 
 
 class Recipe(_Section):
@@ -129,12 +146,15 @@ class Recipe(_Section):
     profiles: list[str | ProfileEntry] = Field(min_length=1)
     evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
     lineage: dict[str, Any] = Field(default_factory=dict)
+    stages: list[StageEntry] = Field(default_factory=list)
 
     def profile_entries(self) -> list[ProfileEntry]:
         return [p if isinstance(p, ProfileEntry) else ProfileEntry(name=p) for p in self.profiles]
 
     def canonical_json(self) -> str:
-        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        # without extra stages the hash is what it was before ``stages`` existed (it is in published lineage)
+        exclude = None if self.stages else {"stages"}
+        return json.dumps(self.model_dump(mode="json", exclude=exclude), sort_keys=True, separators=(",", ":"))
 
     def recipe_hash(self) -> str:
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()
@@ -155,27 +175,29 @@ def _abs(value: str, base: Path) -> str:
     return value
 
 
+def _resolve_keys(section: Any, keys: Any, base: Path) -> None:
+    """Make the string values of ``keys`` in the mapping ``section`` absolute (anything else is left alone)."""
+    if not isinstance(section, dict):
+        return
+    for key in set(keys) & set(section):
+        if isinstance(section[key], str):
+            section[key] = _abs(section[key], base)
+
+
 def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
     for section, fields in _PATH_FIELDS.items():
-        sec = raw.get(section)
-        if isinstance(sec, dict):
-            for f in fields:
-                if isinstance(sec.get(f), str):
-                    sec[f] = _abs(sec[f], base)
+        _resolve_keys(raw.get(section), fields, base)
     data = raw.get("data")
     if isinstance(data, dict) and isinstance(data.get("extra_train"), list):
         data["extra_train"] = [_abs(p, base) if isinstance(p, str) else p for p in data["extra_train"]]
     for section in ("student", "finetune"):
-        sec = raw.get(section)
-        if isinstance(sec, dict):
-            for key in _PATH_KEYS & set(sec):
-                if isinstance(sec[key], str):
-                    sec[key] = _abs(sec[key], base)
+        _resolve_keys(raw.get(section), _PATH_KEYS, base)
     teacher = raw.get("teacher")
-    if isinstance(teacher, dict) and isinstance(teacher.get("train"), dict):
-        for key in _PATH_KEYS & set(teacher["train"]):
-            if isinstance(teacher["train"][key], str):
-                teacher["train"][key] = _abs(teacher["train"][key], base)
+    if isinstance(teacher, dict):
+        _resolve_keys(teacher.get("train"), _PATH_KEYS, base)
+    for entry in raw.get("stages") or []:
+        if isinstance(entry, dict):
+            _resolve_keys(entry.get("config"), _PATH_KEYS, base)
 
 
 def _field_of(err: dict[str, Any]) -> str:
@@ -258,14 +280,6 @@ def dump_recipe(recipe: Recipe, overrides: dict[str, Any] | None = None) -> str:
     head = ""
     if overrides:
         head = "# effective recipe; overrides applied: " + json.dumps(overrides, sort_keys=True, default=str) + "\n"
-    body = yaml.safe_dump(recipe.model_dump(mode="json", exclude_none=True), sort_keys=False)
+    exclude = None if recipe.stages else {"stages"}
+    body = yaml.safe_dump(recipe.model_dump(mode="json", exclude_none=True, exclude=exclude), sort_keys=False)
     return head + body
-
-
-def expand_recipe(
-    recipe: Recipe, profiles: dict[str, Any], job_id: str = "", drift_event_id: str = "", source: str = "<recipe>"
-) -> list[Any]:
-    """The pipeline (a list of ``PipelineStep``) for ``recipe``; see ``controller/factory/expand.py``."""
-    from controller.factory.expand import expand
-
-    return expand(recipe, profiles, job_id=job_id, drift_event_id=drift_event_id, source=source)

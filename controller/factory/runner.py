@@ -1,10 +1,11 @@
 """Run a pipeline: each step in its own work dir, reusing cached outputs where nothing changed.
 
-A step's cache key covers its stage's name and version, its parsed config, the digests of the outputs it
-reads (its ``needs``) and the content of existing absolute paths in its config; so after a failure, or
-after changing one profile, a rerun redoes only the steps whose inputs changed. Stages whose class sets
-``cacheable = False`` (``publish``) always run. Progress goes to ``on_progress(index, count, step,
-Progress)``; ``is_cancelled`` is checked between steps and by stages while they run.
+A step's cache key covers its stage's name and version, its parsed config, the keys of the steps it reads
+(its ``needs``; the output digest of a step that is never cached) and the content of existing absolute paths
+in its config (see ``cache.py``); so after a failure, or after changing one profile, a rerun redoes only the
+steps whose inputs changed. Stages whose class sets ``cacheable = False`` (``publish``) always run. Progress
+goes to ``on_progress(index, count, step, Progress)``; ``is_cancelled`` is checked between steps and by stages
+while they run.
 """
 
 from __future__ import annotations
@@ -20,9 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from controller.factory.cache import Fingerprints, StageCache, output_digest
+from controller.factory.cache import Fingerprints, StageCache, input_key, output_digest
 from controller.factory.pipeline import PipelineStep, check_structure
-from controller.factory.stage import Progress, StageContext, get_stage
+from controller.factory.stage import Progress, Stage, StageConfig, StageContext, StageResult, get_stage
 from shared.errors import Cancelled, SlmopsError, StageError
 
 log = logging.getLogger(__name__)
@@ -93,36 +94,13 @@ class PipelineRunner:
     def _run_step(self, index: int, count: int, step: PipelineStep, done: RunResult) -> StepOutcome:
         stage = get_stage(step.stage)
         config = stage.parse_config(step.config, f"step '{step.id}'")
-        inputs: dict[str, Path] = {}
-        exact: dict[str, Path] = {}
-        upstream: dict[str, dict[str, Any]] = {}
-        for need in step.needs:
-            prev = done.outcomes[need]
-            for name, path in prev.outputs.items():
-                inputs[f"{prev.step.stage}.{name}"] = path
-                inputs[name] = path
-                exact[f"{need}.{name}"] = path
-            upstream[prev.step.stage] = prev.metrics
-        for need in step.needs:
-            upstream[need] = done.outcomes[need].metrics
-        # "<step id>.<output>" always names that step's output, even when another step of the same stage
-        # ("task-data@shifted" beside "task-data") is also needed.
-        inputs.update(exact)
-        config_json = config.model_dump(mode="json")
-        cacheable = self.cache is not None and getattr(stage, "cacheable", True)
-        key = ""
-        if cacheable:
-            assert self.cache is not None
-            needs_digests = [f"{done.outcomes[n].step.stage}:{done.outcomes[n].digest}" for n in step.needs]
-            key = self.cache.key(
-                stage.name, stage.version, config_json, needs_digests, self.cache.path_digests(config_json)
-            )
-            hit = self.cache.get(key)
-            if hit is not None:
-                log.info("step %s: cached (%s)", step.id, key)
-                self.on_progress(index, count, step, Progress(step.id, 1, 1, message="cached"))
-                self._record(step, "cached", key, 0.0)
-                return StepOutcome(step, hit.outputs, hit.metrics, hit.digest, True, 0.0, key)
+        key = self._key(stage, config, step, done)
+        hit = self.cache.get(key) if key and self.cache is not None else None
+        if hit is not None:
+            log.info("step %s: cached (%s)", step.id, key)
+            self.on_progress(index, count, step, Progress(step.id, 1, 1, message="cached"))
+            self._record(step, "cached", key, 0.0)
+            return StepOutcome(step, hit.outputs, hit.metrics, hit.digest, True, 0.0, key)
 
         work_dir = self.work_root / f"{index:02d}-{_safe(step.id)}"
         if work_dir.exists():
@@ -132,6 +110,7 @@ class PipelineRunner:
         def relay(p: Progress) -> None:
             self.on_progress(index, count, step, Progress(step.id, p.step, p.total_steps, p.loss, p.message))
 
+        inputs, upstream = _step_inputs(step, done)
         ctx = StageContext(
             work_dir=work_dir,
             inputs=inputs,
@@ -144,8 +123,34 @@ class PipelineRunner:
         self.on_progress(index, count, step, Progress(step.id, 0, 0, message="started"))
         log.info("step %s (%s): running in %s", step.id, stage.name, work_dir)
         start = time.monotonic()
+        res = self._call(stage, config, ctx, step, key, start)
+        seconds = time.monotonic() - start
+        missing = [n for n, p in res.outputs.items() if not Path(p).exists()]
+        if missing:
+            raise StageError(step.id, f"the stage reported outputs that do not exist: {', '.join(missing)}")
+        digest = output_digest(res.outputs, self._fp)
+        outputs, metrics = dict(res.outputs), dict(res.metrics)
+        if key and self.cache is not None:
+            outputs = self.cache.put(key, work_dir, outputs, metrics, digest).outputs
+        log.info("step %s: done in %.1f s", step.id, seconds)
+        self._record(step, "ran", key, seconds)
+        return StepOutcome(step, outputs, metrics, digest, False, seconds, key)
+
+    def _key(self, stage: Stage, config: StageConfig, step: PipelineStep, done: RunResult) -> str:
+        """The step's cache key ("" when there is no cache or the stage is never cached)."""
+        if self.cache is None or not stage.cacheable:
+            return ""
+        config_json = config.model_dump(mode="json")
+        upstream = [done.outcomes[n] for n in step.needs]
+        inputs = [input_key(o.step.stage, o.key, o.digest) for o in upstream]
+        return self.cache.key(stage.name, stage.version, config_json, inputs, self.cache.path_digests(config_json))
+
+    def _call(
+        self, stage: Stage, config: StageConfig, ctx: StageContext, step: PipelineStep, key: str, start: float
+    ) -> StageResult:
+        """``stage.run``; failures become StageErrors naming the step (the run is recorded either way)."""
         try:
-            res = stage.run(config, ctx)
+            return stage.run(config, ctx)
         except Cancelled:
             self._record(step, "cancelled", key, time.monotonic() - start)
             raise
@@ -161,19 +166,6 @@ class PipelineRunner:
             self._record(step, "failed", key, time.monotonic() - start)
             log.exception("step %s crashed", step.id)
             raise StageError(step.id, f"{type(exc).__name__}: {exc}") from exc
-        seconds = time.monotonic() - start
-        missing = [n for n, p in res.outputs.items() if not Path(p).exists()]
-        if missing:
-            raise StageError(step.id, f"the stage reported outputs that do not exist: {', '.join(missing)}")
-        digest = output_digest(res.outputs, self._fp)
-        outputs, metrics = dict(res.outputs), dict(res.metrics)
-        if cacheable:
-            assert self.cache is not None
-            stored = self.cache.put(key, work_dir, outputs, metrics, digest)
-            outputs = stored.outputs
-        log.info("step %s: done in %.1f s", step.id, seconds)
-        self._record(step, "ran", key, seconds)
-        return StepOutcome(step, outputs, metrics, digest, False, seconds, key)
 
     def _record(self, step: PipelineStep, status: str, key: str, seconds: float) -> None:
         self._log.append(
@@ -181,3 +173,24 @@ class PipelineRunner:
         )
         with contextlib.suppress(OSError):
             (self.work_root / "steps.json").write_text(json.dumps(self._log, indent=2))
+
+
+def _step_inputs(step: PipelineStep, done: RunResult) -> tuple[dict[str, Path], dict[str, dict[str, Any]]]:
+    """The outputs a step may read (by "<step id>.<output>", "<stage>.<output>" and plain output name) and
+    its needs' metrics (by stage name and step id)."""
+    inputs: dict[str, Path] = {}
+    exact: dict[str, Path] = {}
+    upstream: dict[str, dict[str, Any]] = {}
+    for need in step.needs:
+        prev = done.outcomes[need]
+        for name, path in prev.outputs.items():
+            inputs[f"{prev.step.stage}.{name}"] = path
+            inputs[name] = path
+            exact[f"{need}.{name}"] = path
+        upstream[prev.step.stage] = prev.metrics
+    for need in step.needs:
+        upstream[need] = done.outcomes[need].metrics
+    # "<step id>.<output>" always names that step's output, even when another step of the same stage
+    # ("task-data@shifted" beside "task-data") is also needed.
+    inputs.update(exact)
+    return inputs, upstream

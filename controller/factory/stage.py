@@ -1,9 +1,10 @@
 """Factory stages as plug-ins: one file per stage under ``stages/``, each a :class:`Stage` subclass with a
-validated config class and one ``run`` method, registered by name with :func:`register_stage`.
+validated config class, its declared ports and resources (see ``spec.py``) and one ``run`` method, registered
+by name with :func:`register_stage`.
 
-A pipeline is data: a list of ``(stage name, config dict)``. The runner (``runner.py``) gives each stage a
-:class:`StageContext` with its own output folder and the outputs of earlier stages, and caches a stage's
-output by the hash of (stage name, stage version, config, input hashes).
+The planner (``plan/``) wires steps by those declarations; the runner (``runner.py``) gives each stage a
+:class:`StageContext` with its own output folder and the outputs of earlier steps, and caches a step's
+output by the hash of (stage name, stage version, config, its inputs' keys).
 """
 
 from __future__ import annotations
@@ -18,7 +19,23 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from controller.factory.spec import Port, Resources, StageSpec
 from shared.errors import Cancelled, ConfigError, NotFound
+
+__all__ = [
+    "Port",
+    "Progress",
+    "Resources",
+    "Stage",
+    "StageConfig",
+    "StageContext",
+    "StageResult",
+    "StageSpec",
+    "get_stage",
+    "register_stage",
+    "stage_names",
+    "stage_spec",
+]
 
 
 class StageConfig(BaseModel):
@@ -75,11 +92,25 @@ class StageContext:
 
 
 class Stage(ABC):
-    """Subclass, set ``name`` and ``config_cls``, implement ``run``; bump ``version`` when the code's output changes."""
+    """Subclass, set ``name``, ``config_cls``, ``inputs``, ``outputs`` (and ``resources``), implement ``run``;
+    bump ``version`` when the code's output changes. ``cacheable = False`` for stages with effects outside their
+    work dir (they always run)."""
 
     name: ClassVar[str]
     config_cls: ClassVar[type[StageConfig]]
     version: ClassVar[str] = "1"
+    inputs: ClassVar[tuple[Port, ...]] = ()
+    outputs: ClassVar[tuple[Port, ...]] = ()
+    resources: ClassVar[Resources] = Resources()
+    cacheable: ClassVar[bool] = True
+
+    @classmethod
+    def spec(cls) -> StageSpec:
+        return StageSpec(cls.name, cls.version, cls.config_cls, cls.inputs, cls.outputs, cls.resources, cls.cacheable)
+
+    def resources_for(self, config: StageConfig) -> Resources:
+        """What a run with ``config`` needs (override when it depends on the config, e.g. a GPU method)."""
+        return self.resources
 
     def parse_config(self, raw: dict[str, Any], source: str = "recipe") -> StageConfig:
         try:
@@ -97,31 +128,42 @@ class Stage(ABC):
 
 
 _REGISTRY: dict[str, type[Stage]] = {}
+_builtins_loaded = False
 
 
 def register_stage(cls: type[Stage]) -> type[Stage]:
+    """Class decorator: make ``cls`` known by ``cls.name`` (its declaration is checked here)."""
     if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
-        raise ValueError(f"stage name '{cls.name}' registered twice")
+        existing = _REGISTRY[cls.name]
+        if (existing.__module__, existing.__qualname__) != (cls.__module__, cls.__qualname__):
+            raise ValueError(f"stage name '{cls.name}' registered twice")
+    cls.spec().check()
     _REGISTRY[cls.name] = cls
     return cls
 
 
 def _load_builtin_stages() -> None:
+    global _builtins_loaded
+    if _builtins_loaded:
+        return
     from controller.factory import stages
 
     for mod in pkgutil.iter_modules(stages.__path__):
         importlib.import_module(f"{stages.__name__}.{mod.name}")
+    _builtins_loaded = True
 
 
 def get_stage(name: str) -> Stage:
-    if not _REGISTRY:
-        _load_builtin_stages()
+    _load_builtin_stages()
     if name not in _REGISTRY:
         raise NotFound(f"unknown stage '{name}' (known: {', '.join(sorted(_REGISTRY))})")
     return _REGISTRY[name]()
 
 
+def stage_spec(name: str) -> StageSpec:
+    return get_stage(name).spec()
+
+
 def stage_names() -> list[str]:
-    if not _REGISTRY:
-        _load_builtin_stages()
+    _load_builtin_stages()
     return sorted(_REGISTRY)

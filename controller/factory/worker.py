@@ -136,7 +136,8 @@ def run_job(args: WorkerArgs) -> None:
 
 def _run(store: Store, args: WorkerArgs, paths: dict[str, Path]) -> None:
     from controller.factory.cache import StageCache
-    from controller.factory.recipe import expand_recipe, load_recipe
+    from controller.factory.plan import expand_recipe
+    from controller.factory.recipe import load_recipe
     from controller.factory.report import build_report
     from controller.factory.runner import PipelineRunner
     from controller.registry.blobs import BlobStore

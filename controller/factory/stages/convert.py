@@ -13,7 +13,16 @@ from typing import Any
 from pydantic import Field
 
 from controller.factory.builder import build_og_model, builder_supports, folder_size, supported_combos_text
-from controller.factory.stage import Progress, Stage, StageConfig, StageContext, StageResult, register_stage
+from controller.factory.stage import (
+    Port,
+    Progress,
+    Resources,
+    Stage,
+    StageConfig,
+    StageContext,
+    StageResult,
+    register_stage,
+)
 from controller.factory.stageio import resolve_input
 from shared.errors import RecipeError
 from shared.profiles import Precision
@@ -58,6 +67,9 @@ class ConvertStage(Stage):
     name = "convert"
     config_cls = ConvertConfig
     version = "1"
+    inputs = (Port("model", "hf-model"),)
+    outputs = (Port("model", "onnx-model"),)
+    resources = Resources(num_cpus=1, memory_mb=4096)  # the model builder loads the whole model
 
     def validate(self, config: StageConfig, ctx_extras: dict[str, Any]) -> None:
         assert isinstance(config, ConvertConfig)

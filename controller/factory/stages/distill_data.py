@@ -13,7 +13,16 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from controller.factory.stage import Progress, Stage, StageConfig, StageContext, StageResult, register_stage
+from controller.factory.stage import (
+    Port,
+    Progress,
+    Resources,
+    Stage,
+    StageConfig,
+    StageContext,
+    StageResult,
+    register_stage,
+)
 from controller.factory.tasks import get_task, read_jsonl, write_jsonl
 from controller.factory.tasks.datasets import Example, file_sha256
 from controller.factory.teacher import EndpointSettings, EndpointTeacher, LocalTeacher
@@ -83,6 +92,19 @@ class DistillDataStage(Stage):
     name = "distill-data"
     config_cls = DistillDataConfig
     version = "1"
+    inputs = (
+        Port("prompts", "dataset"),
+        Port("teacher", "hf-model", optional=True, doc="a local teacher (else config 'endpoint')"),
+    )
+    outputs = (Port("dataset", "dataset"),)
+    resources = Resources(num_cpus=2, memory_mb=4096)
+
+    def resources_for(self, config: StageConfig) -> Resources:
+        assert isinstance(config, DistillDataConfig)
+        if config.endpoint is not None:
+            return Resources(num_cpus=1, memory_mb=512)  # the teacher runs elsewhere
+        gpus = 1.0 if config.device == "cuda" else 0.0
+        return Resources(num_cpus=self.resources.num_cpus, num_gpus=gpus, memory_mb=self.resources.memory_mb)
 
     def validate(self, config: StageConfig, ctx_extras: dict[str, Any]) -> None:
         assert isinstance(config, DistillDataConfig)

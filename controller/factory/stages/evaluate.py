@@ -16,12 +16,24 @@ from typing import Any, Literal
 from pydantic import Field
 
 from controller.factory.evaluation import run_evaluation
-from controller.factory.stage import Progress, Stage, StageConfig, StageContext, StageResult, register_stage
+from controller.factory.stage import (
+    Port,
+    Progress,
+    Resources,
+    Stage,
+    StageConfig,
+    StageContext,
+    StageResult,
+    register_stage,
+)
 from controller.factory.stageio import resolve_input
 from controller.factory.training.refs import check_dataset_ref
 from shared.errors import RecipeError
 
 log = logging.getLogger(__name__)
+
+# Execution providers that run on a GPU (a scheduler reserves one for the evaluation).
+GPU_PROVIDERS = {"cuda", "dml", "webgpu", "NvTensorRtRtx"}
 
 
 class EvaluateConfig(StageConfig):
@@ -67,6 +79,18 @@ class EvaluateStage(Stage):
     # 2: peak RSS from VmHWM (per process, not inherited across fork+exec); 3: generators get a random_seed
     # (latency without std::random_device's per-generator cost, see shared/genai_seed.py)
     version = "3"
+    inputs = (Port("model", "onnx-model"), Port("data", "dataset"))
+    outputs = (
+        Port("metrics", "metrics"),
+        Port("golden", "golden"),
+        Port("predictions", "predictions", optional=True),
+    )
+    resources = Resources(num_cpus=1, memory_mb=2048)
+
+    def resources_for(self, config: StageConfig) -> Resources:
+        assert isinstance(config, EvaluateConfig)
+        gpus = 1.0 if config.execution_provider in GPU_PROVIDERS else 0.0
+        return Resources(num_cpus=max(1, config.threads), num_gpus=gpus, memory_mb=self.resources.memory_mb)
 
     def validate(self, config: StageConfig, ctx_extras: dict[str, Any]) -> None:
         assert isinstance(config, EvaluateConfig)

@@ -14,12 +14,21 @@ from typing import Any
 
 from pydantic import Field
 
-from controller.factory.builder import build_og_model, folder_size
+from controller.factory.builder import build_og_model, check_runtime_target, folder_size
 from controller.factory.lora_export import lora_node_names, make_lora_inputs, write_adapter
-from controller.factory.stage import Progress, Stage, StageConfig, StageContext, StageResult, register_stage
+from controller.factory.stage import (
+    Port,
+    Progress,
+    Resources,
+    Stage,
+    StageConfig,
+    StageContext,
+    StageResult,
+    register_stage,
+)
 from controller.factory.stageio import resolve_input
 from controller.factory.stages.convert import OptionValue, builder_options, check_builder_combo
-from shared.profiles import Precision
+from shared.profiles import Precision, Runtime
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +40,8 @@ class ExportAdapterConfig(StageConfig):
     adapter_name: str = Field("default", pattern=r"^[A-Za-z0-9._-]{1,64}$")
     precision: Precision = "fp32"
     execution_provider: str = "cpu"
+    # The runtime the variant is built for: it must apply runtime adapters (see RUNTIME_TARGETS).
+    runtime: Runtime = "ort-genai"
     int4_block_size: int = Field(32, ge=16)
     int4_accuracy_level: int = Field(4, ge=0, le=4)
     extra_options: dict[str, OptionValue] = Field(default_factory=dict)
@@ -42,15 +53,16 @@ class ExportAdapterStage(Stage):
     name = "export-adapter"
     config_cls = ExportAdapterConfig
     version = "1"
+    inputs = (Port("base", "hf-model"), Port("adapter", "adapter"))
+    outputs = (Port("model", "onnx-model"), Port("adapter", "onnx-adapter"))
+    resources = Resources(num_cpus=1, memory_mb=4096)
 
     def validate(self, config: StageConfig, ctx_extras: dict[str, Any]) -> None:
         assert isinstance(config, ExportAdapterConfig)
-        check_builder_combo(
-            config.precision,
-            config.execution_provider,
-            f"{self.name}.precision",
-            ctx_extras.get("recipe_source", "recipe"),
-        )
+        source = ctx_extras.get("recipe_source", "recipe")
+        field = f"profiles.{config.profile}.runtime" if config.profile else f"{self.name}.runtime"
+        check_runtime_target(config.runtime, field, source, runtime_adapter=True)
+        check_builder_combo(config.precision, config.execution_provider, f"{self.name}.precision", source)
 
     def run(self, config: StageConfig, ctx: StageContext) -> StageResult:
         assert isinstance(config, ExportAdapterConfig)
@@ -85,5 +97,6 @@ class ExportAdapterStage(Stage):
                 "size_bytes": folder_size(out),
                 "precision": config.precision,
                 "profile": config.profile,
+                "runtime": config.runtime,
             },
         )

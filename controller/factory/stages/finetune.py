@@ -14,11 +14,19 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from controller.factory.modeling import count_parameters
-from controller.factory.stage import Stage, StageConfig, StageContext, StageResult, register_stage
+from controller.factory.stage import (
+    Port,
+    Resources,
+    Stage,
+    StageConfig,
+    StageContext,
+    StageResult,
+    register_stage,
+)
 from controller.factory.stageio import copy_tree_linked
 from controller.factory.training.loop import train_causal_lm
 from controller.factory.training.lora import apply_lora, check_qlora_supported, load_4bit_base, merge_adapter
-from controller.factory.training.params import TrainParams
+from controller.factory.training.params import TrainParams, training_resources
 from controller.factory.training.refs import (
     check_dataset_ref,
     check_device,
@@ -62,6 +70,22 @@ class FinetuneStage(Stage):
     name = "finetune"
     config_cls = FinetuneConfig
     version = "1"
+    inputs = (
+        Port("model", "hf-model"),
+        Port("data", "dataset"),
+        Port("validation", "dataset", optional=True),
+        Port("test", "dataset", optional=True),
+    )
+    outputs = (
+        Port("model", "hf-model", doc="the fine-tuned model (adapter merged in)"),
+        Port("adapter", "adapter", optional=True, doc="merge: false only"),
+        Port("base", "hf-model", optional=True, doc="merge: false only: the model the adapter applies to"),
+    )
+    resources = Resources(num_cpus=2, memory_mb=8192)
+
+    def resources_for(self, config: StageConfig) -> Resources:
+        assert isinstance(config, FinetuneConfig)
+        return training_resources(config, self.resources.memory_mb, gpu=config.method == "qlora")
 
     def validate(self, config: StageConfig, ctx_extras: dict[str, Any]) -> None:
         assert isinstance(config, FinetuneConfig)

@@ -9,7 +9,16 @@ from typing import Any
 
 from pydantic import Field
 
-from controller.factory.stage import Progress, Stage, StageConfig, StageContext, StageResult, register_stage
+from controller.factory.stage import (
+    Port,
+    Progress,
+    Resources,
+    Stage,
+    StageConfig,
+    StageContext,
+    StageResult,
+    register_stage,
+)
 from controller.factory.tasks.datasets import file_sha256, read_jsonl, write_jsonl
 from controller.factory.training.refs import check_dataset_ref, resolve_ref, source_of
 
@@ -29,6 +38,9 @@ class MergeDataStage(Stage):
     name = "merge-data"
     config_cls = MergeDataConfig
     version = "1"
+    inputs = (Port("sources[]", "dataset"),)
+    outputs = (Port("train", "dataset"),)
+    resources = Resources(num_cpus=1, memory_mb=512)
 
     def validate(self, config: StageConfig, ctx_extras: dict[str, Any]) -> None:
         assert isinstance(config, MergeDataConfig)

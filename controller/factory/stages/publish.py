@@ -14,7 +14,16 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from controller.factory.stage import Progress, Stage, StageConfig, StageContext, StageResult, register_stage
+from controller.factory.stage import (
+    Port,
+    Progress,
+    Resources,
+    Stage,
+    StageConfig,
+    StageContext,
+    StageResult,
+    register_stage,
+)
 from controller.factory.stageio import resolve_input
 from controller.registry.registry import Registry, VariantSpec
 from controller.registry.versions import check_model_name
@@ -59,6 +68,16 @@ class PublishStage(Stage):
     config_cls = PublishConfig
     version = "1"
     cacheable = False
+    inputs = (
+        Port("variants[].model", "onnx-model"),
+        Port("variants[].evaluation", "metrics", optional=True),
+        Port("variants[].golden", "golden", optional=True),
+        Port("variants[].holdout_evaluation", "metrics", optional=True),
+        Port("variants[].parent_holdout_evaluation", "metrics", optional=True),
+        Port("lineage_hashes.*", "any", optional=True),
+    )
+    outputs = (Port("published", "published"),)
+    resources = Resources(num_cpus=1, memory_mb=1024)
 
     def validate(self, config: StageConfig, ctx_extras: dict[str, Any]) -> None:
         assert isinstance(config, PublishConfig)

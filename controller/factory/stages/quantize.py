@@ -7,6 +7,11 @@ Paths, in order:
    reused as is (hardlinked, no second build);
 3. otherwise the onnxruntime-genai model builder from the trained Hugging Face folder, with the profile's
    int4 block size and accuracy level.
+
+``runtime`` (the profile's) is the runtime the variant is built for: validation checks it is one the factory
+builds for (``RUNTIME_TARGETS`` in ``builder.py``: both load the onnxruntime-genai folder built here), the
+built folder is checked to be in that runtime's format, and the runtime is reported in the step's metrics;
+the plan takes the published variant's runtime from this config.
 """
 
 from __future__ import annotations
@@ -17,13 +22,22 @@ from typing import Any
 
 from pydantic import Field
 
-from controller.factory.builder import build_og_model, check_og_folder, folder_size
+from controller.factory.builder import build_og_model, check_og_folder, check_runtime_target, folder_size
 from controller.factory.olive import run_olive_workflow
-from controller.factory.stage import Progress, Stage, StageConfig, StageContext, StageResult, register_stage
+from controller.factory.stage import (
+    Port,
+    Progress,
+    Resources,
+    Stage,
+    StageConfig,
+    StageContext,
+    StageResult,
+    register_stage,
+)
 from controller.factory.stageio import copy_tree_linked, resolve_input
 from controller.factory.stages.convert import OptionValue, builder_options, check_builder_combo
 from shared.errors import RecipeError
-from shared.profiles import Precision
+from shared.profiles import Precision, Runtime
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +46,7 @@ class QuantizeConfig(StageConfig):
     profile: str
     precision: Precision
     execution_provider: str = "cpu"
-    runtime: str = "ort-genai"
+    runtime: Runtime = "ort-genai"
     int4_block_size: int = Field(32, ge=16)
     int4_accuracy_level: int = Field(4, ge=0, le=4)
     extra_options: dict[str, OptionValue] = Field(default_factory=dict)
@@ -48,10 +62,17 @@ class QuantizeStage(Stage):
     name = "quantize"
     config_cls = QuantizeConfig
     version = "1"
+    inputs = (
+        Port("model", "hf-model", doc="the trained Hugging Face folder the builder quantizes"),
+        Port("reference", "onnx-model", optional=True, doc="the fp32 build (reused as is, or Olive's input)"),
+    )
+    outputs = (Port("model", "onnx-model"),)
+    resources = Resources(num_cpus=1, memory_mb=4096)
 
     def validate(self, config: StageConfig, ctx_extras: dict[str, Any]) -> None:
         assert isinstance(config, QuantizeConfig)
         source = ctx_extras.get("recipe_source", "recipe")
+        check_runtime_target(config.runtime, f"profiles.{config.profile}.runtime", source)
         if config.olive_workflow is not None:
             if not config.olive_workflow.get("passes"):
                 raise RecipeError(
@@ -81,7 +102,6 @@ class QuantizeStage(Stage):
             path = "olive"
         elif self._reuses_reference(config, ctx):
             copy_tree_linked(resolve_input(ctx, config.reference), out)
-            check_og_folder(out, self.name)
             path = "reference"
         else:
             build_og_model(
@@ -97,6 +117,9 @@ class QuantizeStage(Stage):
                 stage=self.name,
             )
             path = "builder"
+        # every path's result must be what the variant's runtime loads (today: an onnxruntime-genai folder)
+        if check_runtime_target(config.runtime, "runtime", self.name)["format"] == "ort-genai":
+            check_og_folder(out, self.name)
         ctx.progress(Progress(self.name, 1, 1, message=f"{label} built ({path})"))
         return StageResult(
             outputs={"model": out},
@@ -105,6 +128,7 @@ class QuantizeStage(Stage):
                 "profile": config.profile,
                 "precision": config.precision,
                 "execution_provider": config.execution_provider,
+                "runtime": config.runtime,
                 "build_path": path,
             },
         )

@@ -10,7 +10,16 @@ from __future__ import annotations
 import logging
 import shutil
 
-from controller.factory.stage import Progress, Stage, StageConfig, StageContext, StageResult, register_stage
+from controller.factory.stage import (
+    Port,
+    Progress,
+    Resources,
+    Stage,
+    StageConfig,
+    StageContext,
+    StageResult,
+    register_stage,
+)
 from controller.registry.registry import Registry
 from shared.errors import NotFound, StageError
 
@@ -29,6 +38,8 @@ class RegistryVariantStage(Stage):
     config_cls = RegistryVariantConfig
     version = "1"
     cacheable = False
+    outputs = (Port("model", "onnx-model"),)
+    resources = Resources(num_cpus=1, memory_mb=512)
 
     def run(self, config: StageConfig, ctx: StageContext) -> StageResult:
         assert isinstance(config, RegistryVariantConfig)

@@ -10,7 +10,16 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from controller.factory.stage import Progress, Stage, StageConfig, StageContext, StageResult, register_stage
+from controller.factory.stage import (
+    Port,
+    Progress,
+    Resources,
+    Stage,
+    StageConfig,
+    StageContext,
+    StageResult,
+    register_stage,
+)
 from controller.factory.tasks import get_task, write_task_splits
 from controller.factory.tasks.datasets import file_sha256
 from controller.factory.training.refs import source_of
@@ -33,6 +42,8 @@ class TaskDataStage(Stage):
     name = "task-data"
     config_cls = TaskDataConfig
     version = "1"
+    outputs = (Port("train", "dataset"), Port("validation", "dataset"), Port("test", "dataset"))
+    resources = Resources(num_cpus=1, memory_mb=512)
 
     def validate(self, config: StageConfig, ctx_extras: dict[str, Any]) -> None:
         assert isinstance(config, TaskDataConfig)

@@ -16,9 +16,17 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from controller.factory.modeling import ModelSpec, count_parameters
-from controller.factory.stage import Stage, StageConfig, StageContext, StageResult, register_stage
+from controller.factory.stage import (
+    Port,
+    Resources,
+    Stage,
+    StageConfig,
+    StageContext,
+    StageResult,
+    register_stage,
+)
 from controller.factory.training.loop import KDParams, train_causal_lm
-from controller.factory.training.params import TrainParams
+from controller.factory.training.params import TrainParams, training_resources
 from controller.factory.training.refs import (
     check_dataset_ref,
     check_device,
@@ -71,6 +79,20 @@ class TrainStudentStage(Stage):
     name = "train-student"
     config_cls = TrainStudentConfig
     version = "1"
+    inputs = (
+        Port("data", "dataset"),
+        Port("validation", "dataset", optional=True),
+        Port("test", "dataset", optional=True),
+        Port("model", "hf-model", optional=True, doc="a model to train further (instead of init)"),
+        Port("tokenizer", "hf-model", optional=True),
+        Port("teacher", "hf-model", optional=True, doc="tokenizer source, logit KD, parameter count"),
+    )
+    outputs = (Port("model", "hf-model"),)
+    resources = Resources(num_cpus=2, memory_mb=4096)
+
+    def resources_for(self, config: StageConfig) -> Resources:
+        assert isinstance(config, TrainStudentConfig)
+        return training_resources(config, self.resources.memory_mb)
 
     def validate(self, config: StageConfig, ctx_extras: dict[str, Any]) -> None:
         assert isinstance(config, TrainStudentConfig)

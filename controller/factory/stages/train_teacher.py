@@ -16,11 +16,20 @@ from pathlib import Path
 from typing import Any
 
 from controller.factory.modeling import ModelSpec, count_parameters
-from controller.factory.stage import Progress, Stage, StageConfig, StageContext, StageResult, register_stage
+from controller.factory.stage import (
+    Port,
+    Progress,
+    Resources,
+    Stage,
+    StageConfig,
+    StageContext,
+    StageResult,
+    register_stage,
+)
 from controller.factory.stageio import copy_tree_linked
 from controller.factory.tasks.datasets import file_sha256
 from controller.factory.training.loop import train_causal_lm
-from controller.factory.training.params import TrainParams
+from controller.factory.training.params import TrainParams, training_resources
 from controller.factory.training.refs import (
     check_dataset_ref,
     check_device,
@@ -73,6 +82,18 @@ class TrainTeacherStage(Stage):
     name = "train-teacher"
     config_cls = TrainTeacherConfig
     version = "1"
+    inputs = (
+        Port("data", "dataset"),
+        Port("validation", "dataset", optional=True),
+        Port("test", "dataset", optional=True),
+        Port("tokenizer", "hf-model", optional=True, doc="a folder whose tokenizer is reused"),
+    )
+    outputs = (Port("model", "hf-model"),)
+    resources = Resources(num_cpus=2, memory_mb=4096)
+
+    def resources_for(self, config: StageConfig) -> Resources:
+        assert isinstance(config, TrainTeacherConfig)
+        return training_resources(config, self.resources.memory_mb)
 
     def validate(self, config: StageConfig, ctx_extras: dict[str, Any]) -> None:
         assert isinstance(config, TrainTeacherConfig)

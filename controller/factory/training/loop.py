@@ -132,6 +132,42 @@ def evaluate_loss(model: Any, data: Sequence[Encoded], pad_id: int, batch_size: 
     return total / max(1, count)
 
 
+def _prepare(model: Any, teacher: Any, kd: KDParams | None, params: TrainParams, device: str) -> KDParams | None:
+    """Models on the device, the teacher frozen, checkpointing on if asked, the model in training mode."""
+    if not getattr(model, "hf_device_map", None):  # models placed by device_map (4-bit) stay put
+        model.to(device)
+    if teacher is not None:
+        teacher.to(device).eval()
+        kd = kd or KDParams()
+    if params.gradient_checkpointing:
+        model.config.use_cache = False
+        _checkpointing(model, True)
+    model.train()
+    return kd
+
+
+def _accumulate(
+    model: Any, teacher: Any, kd: KDParams | None, batches: Any, pad_id: int, device: str, params: TrainParams
+) -> float:
+    """Forward + backward over one optimizer step's ``grad_accum`` micro-batches; returns the step's mean loss."""
+    import torch
+
+    step_loss = 0.0
+    for _ in range(params.grad_accum):
+        batch = {k: v.to(device) for k, v in collate(next(batches), pad_id).items()}
+        with _autocast(device, params.mixed_precision):
+            out = model(**batch)
+            loss = out.loss
+            if teacher is not None and kd is not None:
+                with torch.no_grad():
+                    t_logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                kd_term = _kd_loss(out.logits, t_logits, batch["labels"], kd)
+                loss = kd.alpha * kd_term + (1.0 - kd.alpha) * loss
+        (loss / params.grad_accum).backward()
+        step_loss += float(loss.detach()) / params.grad_accum
+    return step_loss
+
+
 def train_causal_lm(
     model: Any,
     tokenizer: Any,
@@ -157,15 +193,7 @@ def train_causal_lm(
     train_data = encode_examples(tokenizer, train, params.max_seq_len)
     val_data = encode_examples(tokenizer, list(validation or [])[: params.max_eval_examples], params.max_seq_len)
     steps = total_steps(params, len(train_data))
-    if not getattr(model, "hf_device_map", None):  # models placed by device_map (4-bit) stay put
-        model.to(device)
-    if teacher is not None:
-        teacher.to(device).eval()
-        kd = kd or KDParams()
-    if params.gradient_checkpointing:
-        model.config.use_cache = False
-        _checkpointing(model, True)
-    model.train()
+    kd = _prepare(model, teacher, kd, params, device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=params.learning_rate, weight_decay=params.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(params, steps))
@@ -177,19 +205,7 @@ def train_causal_lm(
     val_loss = initial_val
     for step in range(1, steps + 1):
         check_cancelled()
-        step_loss = 0.0
-        for _ in range(params.grad_accum):
-            batch = {k: v.to(device) for k, v in collate(next(batches), pad_id).items()}
-            with _autocast(device, params.mixed_precision):
-                out = model(**batch)
-                loss = out.loss
-                if teacher is not None and kd is not None:
-                    with torch.no_grad():
-                        t_logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                    kd_term = _kd_loss(out.logits, t_logits, batch["labels"], kd)
-                    loss = kd.alpha * kd_term + (1.0 - kd.alpha) * loss
-            (loss / params.grad_accum).backward()
-            step_loss += float(loss.detach()) / params.grad_accum
+        step_loss = _accumulate(model, teacher, kd, batches, pad_id, device, params)
         torch.nn.utils.clip_grad_norm_(trainable, params.max_grad_norm)
         optimizer.step()
         scheduler.step()

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from controller.factory.stage import StageConfig
+from controller.factory.stage import Resources, StageConfig
 
 
 class TrainParams(StageConfig):
@@ -37,6 +37,12 @@ class TrainParams(StageConfig):
         if self.mixed_precision != "no" and self.device == "cpu":
             raise ValueError("mixed_precision needs device cuda (or auto on a GPU machine)")
         return self
+
+
+def training_resources(params: TrainParams, memory_mb: int, gpu: bool = False) -> Resources:
+    """A training run's needs: a GPU when ``device: cuda`` (or ``gpu``), the CPU threads it asks for."""
+    gpus = 1.0 if gpu or params.device == "cuda" else 0.0
+    return Resources(num_cpus=float(params.num_threads or 2), num_gpus=gpus, memory_mb=memory_mb)
 
 
 def resolve_device(device: str) -> str:

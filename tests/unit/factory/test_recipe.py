@@ -14,7 +14,8 @@ import yaml
 
 from controller.factory.jobs import JobManager
 from controller.factory.pipeline import PipelineStep, validate_pipeline
-from controller.factory.recipe import apply_overrides, dump_recipe, expand_recipe, load_recipe, load_recipe_file
+from controller.factory.plan import expand_recipe
+from controller.factory.recipe import apply_overrides, dump_recipe, load_recipe, load_recipe_file
 from controller.store.db import Store
 from shared.errors import RecipeError, SlmopsError, UnsupportedOnThisMachine
 from shared.profiles import DeviceProfile, bundled_profiles_dir, load_profiles
