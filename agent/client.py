@@ -1,9 +1,8 @@
-"""The agent's connection to the controller: channel (TLS with the pinned CA), credentials, backoff."""
+"""The agent's connection to the controller: channel (TLS with the pinned CA), credentials, retries."""
 
 from __future__ import annotations
 
 import logging
-import random
 import threading
 from collections.abc import Callable
 from typing import TypeVar
@@ -14,6 +13,7 @@ from agent.install.grpc_fetch import CHANNEL_OPTIONS as DOWNLOAD_CHANNEL_OPTIONS
 from shared.errors import InvalidArgument, PermissionDenied, SlmopsError, Unauthenticated, Unavailable, UnknownProfile
 from shared.grpc_hints import explain_unavailable
 from shared.pb import agent_pb2, agent_pb2_grpc
+from shared.retry import Interrupted, Policy
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -93,33 +93,12 @@ class ControllerClient:
         self.channel.close()
 
 
-class Backoff:
-    """Exponential backoff with jitter; ``reset()`` after a success."""
-
-    def __init__(self, base_s: float = 1.0, max_s: float = 60.0) -> None:
-        self.base_s, self.max_s = base_s, max_s
-        self.attempt = 0
-
-    def next_delay(self) -> float:
-        delay = min(self.max_s, self.base_s * (2**self.attempt))
-        self.attempt += 1
-        return delay * (0.5 + random.random() / 2)
-
-    def reset(self) -> None:
-        self.attempt = 0
-
-
-def retry_unavailable(fn: Callable[[], T], stop: threading.Event, backoff: Backoff, what: str) -> T | None:
-    """Calls ``fn`` until it succeeds or ``stop`` is set; UNAVAILABLE is logged once per attempt, not raised."""
-    while not stop.is_set():
-        try:
-            result = fn()
-            if backoff.attempt:
-                log.info("%s: controller reachable again", what)
-            backoff.reset()
-            return result
-        except Unavailable as exc:
-            delay = backoff.next_delay()
-            log.warning("%s: %s; retrying in %.1fs", what, exc.message, delay)
-            stop.wait(delay)
-    return None
+def retry_unavailable(fn: Callable[[], T], stop: threading.Event, policy: Policy, what: str) -> T | None:
+    """Calls ``fn`` until it succeeds, or None once ``stop`` is set; UNAVAILABLE is retried with ``policy``'s
+    backoff (shared/retry.py: CONTROLLER_CALL) and logged once per attempt, any other error is raised at once."""
+    if stop.is_set():
+        return None
+    try:
+        return policy.call(fn, what, stop, retry_on=(Unavailable,), logger=log, recovered="controller reachable again")
+    except Interrupted:
+        return None

@@ -9,11 +9,12 @@ import time
 from pathlib import Path
 
 from agent import identity as ids
-from agent.client import Backoff, ControllerClient, retry_unavailable
+from agent.client import ControllerClient, retry_unavailable
 from agent.settings import AgentSettings
 from shared.errors import ConfigError, PermissionDenied, SlmopsError, Unauthenticated, Unavailable
 from shared.hardware import HardwareInfo, detect
 from shared.pb import agent_pb2, common_pb2
+from shared.retry import CONTROLLER_CALL, REFUSED, Streak
 
 log = logging.getLogger(__name__)
 AGENT_VERSION = "0.1.0"
@@ -101,8 +102,8 @@ class Agent:
         self.interval_s = settings.heartbeat_interval_s or 10.0
         self.profile: common_pb2.Profile | None = None
         self.last_heartbeat = 0.0
-        self._backoff = Backoff(max_s=settings.backoff_max_s)
-        self._refused = Backoff(base_s=5.0, max_s=max(settings.backoff_max_s, 5.0))
+        self._backoff = CONTROLLER_CALL.but(cap_s=settings.backoff_max_s)
+        self._refused = Streak(REFUSED.but(cap_s=max(settings.backoff_max_s, 5.0)))
         self.credentials_rejected = False
         self.services = _services(self)
 

@@ -1,46 +1,93 @@
-"""Controller settings: command-line flags over environment variables over defaults."""
+"""Controller settings: flags over ``SLMOPS_*`` environment variables over a settings file over defaults.
+
+``ControllerSettings(**kw)`` is the keywords over the defaults; ``ControllerSettings.load(...)`` (what
+``slmops controller serve`` uses) layers flags, environment and file (see :mod:`shared.settings`). Every field is
+settable from the environment as ``SLMOPS_<FIELD>`` (``SLMOPS_HEARTBEAT_INTERVAL_S``), except ``db_url``
+(``SLMOPS_DB``) and ``insecure`` (``SLMOPS_CONTROLLER_INSECURE``); lists are comma-separated
+(``SLMOPS_LOOP_WAVES=10,100``).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
+from pydantic import Field, field_validator, model_validator
+
+from shared.defaults import DEFAULT_CONTROLLER, DEFAULT_CONTROLLER_DATA_DIR
 from shared.profiles import bundled_profiles_dir
+from shared.settings import (
+    Address,
+    IntList,
+    LayeredSettings,
+    OptionalAddress,
+    StrList,
+    secret,
+)
 
 
-@dataclass
-class ControllerSettings:
-    listen: str = "127.0.0.1:50051"
-    data_dir: Path = Path(".slmops/controller")
-    db_url: str = ""  # empty: SQLite file in the data dir
-    profiles_dir: Path = field(default_factory=bundled_profiles_dir)
-    insecure: bool = False
-    tls_hosts: list[str] = field(default_factory=list)
-    heartbeat_interval_s: int = 10
-    # A device that has not heartbeated for this long is shown offline (default: 3 heartbeats).
-    offline_after_s: int = 0
+class ControllerSettings(LayeredSettings):
+    section: ClassVar[str] = "controller"
+
+    listen: Address = Field(DEFAULT_CONTROLLER, description="HOST:PORT of the gRPC server")
+    data_dir: Path = DEFAULT_CONTROLLER_DATA_DIR
+    # Empty: SQLite file in the data dir; else e.g. postgresql+psycopg://user:pass@host/db (password masked).
+    db_url: str = Field("", validation_alias="SLMOPS_DB")
+    profiles_dir: Path = Field(default_factory=bundled_profiles_dir)
+    # Plaintext gRPC without TLS (local development only). Its variable is SLMOPS_CONTROLLER_INSECURE, not the
+    # admin CLI's SLMOPS_INSECURE: a shell set up to talk to a dev controller must not turn TLS off on a real one.
+    insecure: bool = Field(False, validation_alias="SLMOPS_CONTROLLER_INSECURE")
+    tls_hosts: StrList = Field(default_factory=list)  # extra DNS names/IPs for the server certificate
+    heartbeat_interval_s: int = Field(10, gt=0)
+    # A device that has not heartbeated for this long is shown offline (0: 3 heartbeats).
+    offline_after_s: int = Field(0, ge=0)
     # Worker processes running build jobs at once.
-    max_jobs: int = 1
+    max_jobs: int = Field(1, ge=1)
     # Concurrent artifact downloads served at once; more wait (other RPCs keep their threads).
-    max_downloads: int = 16
-    grpc_workers: int = 32
-    scheduler_interval_s: float = 5.0
-    drift_interval_s: float = 30.0
-    admin_token: str = ""  # empty: read or create <data_dir>/admin.token
+    max_downloads: int = Field(16, ge=1)
+    grpc_workers: int = Field(32, ge=1)
+    scheduler_interval_s: float = Field(5.0, gt=0)
+    drift_interval_s: float = Field(30.0, gt=0)
+    admin_token: str = secret()  # empty: read or create <data_dir>/admin.token
+    metrics_listen: OptionalAddress = ""  # HOST:PORT for Prometheus /metrics; empty: off
     # Closed loop: how a version built after a drift event is rolled out (a canary wave first).
-    loop_waves: list[int] = field(default_factory=lambda: [10, 100])
+    loop_waves: IntList = Field(default_factory=lambda: [10, 100])
     loop_gate: str = "error_rate<=0.05"
-    loop_soak_s: int = 30
+    loop_soak_s: int = Field(30, ge=0)
     # Failed enrollments (bad token, an id it may not take) one peer host may make per window before it is
     # refused with RESOURCE_EXHAUSTED until the window has passed.
-    enroll_failure_limit: int = 10
-    enroll_failure_window_s: float = 60.0
+    enroll_failure_limit: int = Field(10, ge=1)
+    enroll_failure_window_s: float = Field(60.0, gt=0)
 
-    def __post_init__(self) -> None:
-        self.data_dir = Path(self.data_dir)
-        self.profiles_dir = Path(self.profiles_dir)
+    @field_validator("loop_waves")
+    @classmethod
+    def _waves_increase_to_100(cls, waves: list[int]) -> list[int]:
+        if not waves or waves != sorted(waves) or waves[0] <= 0 or waves[-1] != 100:
+            raise ValueError("must be percentages that increase and end at 100, e.g. 10,100")
+        return waves
+
+    @field_validator("loop_gate")
+    @classmethod
+    def _gate_parses(cls, gate: str) -> str:
+        from controller.rollout.gates import parse_gate
+        from shared.errors import InvalidArgument
+
+        try:
+            parse_gate(gate)
+        except InvalidArgument as exc:
+            raise ValueError(exc.message) from None
+        return gate
+
+    @model_validator(mode="after")
+    def _derive_offline_after(self) -> ControllerSettings:
         if not self.offline_after_s:
             self.offline_after_s = 3 * self.heartbeat_interval_s
+        return self
+
+    def origin(self, field: str) -> str:
+        if field == "offline_after_s" and super().origin(field) == "default":
+            return "default: 3 x heartbeat_interval_s"
+        return super().origin(field)
 
     @property
     def database_url(self) -> str:

@@ -20,5 +20,5 @@ def configure(verbose: int = 0, quiet: bool = False) -> None:
         handler = logging.StreamHandler()
         fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     logging.basicConfig(level=level, format=fmt, handlers=[handler], force=True)
-    for noisy in ("grpc", "urllib3", "httpx", "apscheduler.executors.default", "uvicorn.access"):
+    for noisy in ("grpc", "urllib3", "httpx", "apscheduler.executors.default", "uvicorn.access", "alembic"):
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))

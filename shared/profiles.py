@@ -6,19 +6,47 @@ reports errors as ``FILE: field 'X': reason``.
 
 from __future__ import annotations
 
+import functools
 import logging
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from shared.errors import ConfigError, UnknownProfile
 
 log = logging.getLogger(__name__)
 
 Precision = Literal["fp32", "fp16", "bf16", "int8", "int4"]
-Runtime = Literal["ort-genai", "foundry-local"]
+
+# Runtime backends are entry points of this group (pyproject.toml): the name is the entry point's name, the value
+# the backend class. Reading the names imports no backend; agent/runtime/registry.py loads one when it is used.
+RUNTIME_GROUP = "slmops.runtimes"
+
+
+@functools.cache
+def runtime_entry_points() -> dict[str, EntryPoint]:
+    """The installed runtime backends by name (cached; tests monkeypatch this function to add one)."""
+    return {ep.name: ep for ep in entry_points(group=RUNTIME_GROUP)}
+
+
+def runtime_names() -> list[str]:
+    return sorted(runtime_entry_points())
+
+
+def check_runtime(name: str) -> str:
+    """``name`` when a runtime backend of that name is installed; ValueError listing the known ones."""
+    known = runtime_names()
+    if name not in known:
+        listing = ", ".join(known) or f"none: no '{RUNTIME_GROUP}' entry points; is slmops installed (pip install)?"
+        raise ValueError(f"unknown runtime '{name}' (known: {listing})")
+    return name
+
+
+# A runtime backend's name, checked against the installed entry points when a model is validated.
+Runtime = Annotated[str, AfterValidator(check_runtime)]
 # Execution providers by the short name the model builder takes -> onnxruntime provider name.
 PROVIDERS = {
     "cpu": "CPUExecutionProvider",

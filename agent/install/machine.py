@@ -37,9 +37,10 @@ from agent.install.states import (
     Transition,
     next_state,
 )
-from agent.install.transfer import FetchFn, RetryPolicy
+from agent.install.transfer import FetchFn
 from shared.errors import Cancelled, FailedPrecondition, IntegrityError, SlmopsError, TransferError
 from shared.manifest import Manifest, verify
+from shared.retry import INSTALL_STEP, TRANSFER, Policy
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ class InstallMachine:
         progress: Callable[[InstallProgress], None] | None = None,
         keep_versions: int = 2,
         reserve_bytes: int = 64 << 20,
-        retry: RetryPolicy | None = None,
+        retry: Policy | None = None,
         retry_backoff_s: float = 1.0,
         verify_retries: int = 1,
         state_limits: dict[State, int] | None = None,
@@ -86,8 +87,7 @@ class InstallMachine:
         self.progress_fn = progress
         self.keep_versions = max(1, keep_versions)
         self.reserve_bytes = reserve_bytes
-        self.retry = retry or RetryPolicy()
-        self.retry_backoff_s = retry_backoff_s
+        self.retry, self.step_retry = retry or TRANSFER, INSTALL_STEP.but(base_s=retry_backoff_s)
         self.verify_retries = verify_retries
         self.state_limits = {**DEFAULT_STATE_LIMITS, **(state_limits or {})}
         self.max_transitions = max_transitions
@@ -254,6 +254,7 @@ class InstallMachine:
         rec.attempts[state] = entries
         self.save()  # the entry count is on disk before the handler runs: a crash loop trips the guard
         limit = self.state_limits.get(state, 10)
+        retried = state == State.DOWNLOAD and rec.last_event == Event.RETRY  # waits INSTALL_STEP's delay first
         if self.cancel_event.is_set() and state not in (State.CLEANUP, State.ROLLBACK):
             event, message = self._interrupted()
         elif entries > limit or rec.transitions >= self.max_transitions:
@@ -264,6 +265,8 @@ class InstallMachine:
             )
             if rec.error:
                 message += f"; last error: {rec.error}"
+        elif retried and self.cancel_event.wait(self.step_retry.delay(entries - 1)):  # paused/aborted while waiting
+            event, message = self._interrupted()
         else:
             event, message = self._run_handler(state)
         if event is None:  # paused: no transition; the next start runs this state again
@@ -287,10 +290,6 @@ class InstallMachine:
     def _run_handler(self, state: State) -> tuple[Event | None, str]:
         """The handler's event and message; ``None`` when :meth:`pause` interrupted it."""
         rec = self.record
-        if state == State.DOWNLOAD and rec.last_event == Event.RETRY:
-            delay = min(60.0, self.retry_backoff_s * 2 ** max(0, rec.attempts.get(state, 1) - 2))
-            if self.cancel_event.wait(delay):
-                return self._interrupted()
         try:
             event = steps.HANDLERS[state](self)
             if event == Event.RETRY:

@@ -10,19 +10,19 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import threading
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+from tenacity import RetryCallState
 
 from agent.install.space import DiskSpaceError, check_space, free_bytes
 from agent.install.stream import ChunkCorrupted, FetchFn, Session, TransferProgress
 from shared.errors import Cancelled, InstallError, NotFound, TransferError
 from shared.manifest import FileEntry
+from shared.retry import TRANSFER, Interrupted, Policy
 
 log = logging.getLogger(__name__)
 
@@ -51,18 +51,10 @@ RETRYABLE = frozenset(
 )
 
 
-@dataclass
-class RetryPolicy:
-    """Backoff for transient failures; ``max_attempts`` counts consecutive attempts that moved no bytes."""
-
-    max_attempts: int = 8
-    initial_s: float = 0.2
-    max_s: float = 10.0
-    multiplier: float = 2.0
-
-    def delay(self, attempt: int, hint_s: float = 0.0) -> float:
-        base = min(self.max_s, self.initial_s * self.multiplier ** max(0, attempt - 1))
-        return max(hint_s, base) * random.uniform(0.75, 1.25)
+def RetryPolicy(max_attempts: int = 8, initial_s: float = 0.2, max_s: float = 10.0, multiplier: float = 2.0) -> Policy:
+    """The TRANSFER policy (shared/retry.py) with other limits; ``max_attempts`` counts consecutive attempts that
+    moved no bytes. (The name and arguments of the class this replaced: bench/rollout.py and tests use them.)"""
+    return TRANSFER.but(max_attempts=max_attempts, base_s=initial_s, cap_s=max_s, multiplier=multiplier)
 
 
 @dataclass
@@ -85,7 +77,7 @@ def download_file(
     progress: Callable[[TransferProgress], None] | None = None,
     *,
     max_bytes_per_s: int = 0,
-    retry: RetryPolicy | None = None,
+    retry: Policy | None = None,
     cancel: threading.Event | None = None,
     progress_interval_s: float = 0.5,
 ) -> DownloadResult:
@@ -94,7 +86,7 @@ def download_file(
     Raises TransferError when retries run out (resumable later), IntegrityError when the controller serves a
     blob of another size, NotFound when it has no such blob, Cancelled when ``cancel`` is set.
     """
-    retry = retry or RetryPolicy()
+    retry = retry or TRANSFER
     dest_dir = Path(dest_dir)
     dest_dir.mkdir(parents=True, exist_ok=True)
     final = dest_dir / entry.sha256
@@ -109,45 +101,79 @@ def download_file(
     if first_offset:
         log.info("resuming %s (%s) at byte %d of %d", entry.path, entry.sha256[:12], first_offset, entry.size)
     state = Session(entry, part, first_offset, progress, progress_interval_s, cancel)
-    attempts = retries = 0
-    while state.pos < entry.size:
-        before = state.pos
-        try:
-            state.stream_once(fetch, max_bytes_per_s)
-            continue
-        except grpc.RpcError as exc:
-            code = exc.code() if hasattr(exc, "code") else None
-            details = exc.details() if hasattr(exc, "details") else str(exc)
-            if code == grpc.StatusCode.NOT_FOUND:
-                raise NotFound(
-                    f"the controller has no blob for {entry.path} ({entry.sha256[:12]}…): {details}"
-                ) from exc
-            if code not in RETRYABLE:
-                raise InstallError(f"download of {entry.path} refused ({code}): {details}") from exc
-            hint = _retry_hint(exc)
-            last = f"{code.name if code else 'error'}: {details}"
-        except ChunkCorrupted as exc:
-            hint, last = 0.0, exc.message
-        except TransferError as exc:
-            hint, last = 0.0, exc.message
-        attempts = 1 if state.pos > before else attempts + 1
-        retries += 1
-        if attempts >= retry.max_attempts:
-            raise TransferError(
-                f"download of {entry.path} stopped at byte {state.pos} of {entry.size} after "
-                f"{attempts} attempts without progress (last: {last}); it resumes from there next time"
-            )
-        delay = retry.delay(attempts, hint)
-        log.info("download of %s: %s; retry %d in %.2f s", entry.path, last, attempts, delay)
-        if cancel is not None and cancel.wait(delay):
-            raise Cancelled(f"download of {entry.path} cancelled")
-        if cancel is None:
-            time.sleep(delay)
+    stalls = _Stalls(state, retry.max_attempts)
+    retrying = retry.retrying(
+        f"download of {entry.path}",
+        cancel,
+        retry_on=(TransferError,),
+        logger=log,
+        stop=stalls.exhausted,
+        wait=lambda rs: max(stalls.hint_s(rs), retry.delay(stalls.count)),
+        before=stalls.begin,
+        after=stalls.failed,
+    )
+    try:
+        retrying(_stream, state, fetch, max_bytes_per_s)
+    except Interrupted:
+        raise Cancelled(f"download of {entry.path} cancelled") from None
+    except TransferError as exc:
+        raise TransferError(
+            f"download of {entry.path} stopped at byte {state.pos} of {entry.size} after {stalls.count} attempts "
+            f"without progress (last: {exc.message}); it resumes from there next time"
+        ) from exc
     with open(part, "rb+") as fh:
         os.fsync(fh.fileno())
     os.replace(part, final)
     state.report(force=True)
+    retries = retrying.statistics.get("attempt_number", 1) - 1
     return DownloadResult(final, state.pos - first_offset, first_offset, retries, state.corrupt)
+
+
+class _Stalls:
+    """Counts consecutive attempts that moved no bytes (one that moved some counts as the first of a new run)."""
+
+    def __init__(self, state: Session, limit: int) -> None:
+        self.state, self.limit = state, limit
+        self.count = 0
+        self._start = state.pos
+
+    def begin(self, _: RetryCallState) -> None:
+        self._start = self.state.pos
+
+    def failed(self, _: RetryCallState) -> None:
+        self.count = 1 if self.state.pos > self._start else self.count + 1
+
+    def exhausted(self, _: RetryCallState) -> bool:
+        return 0 < self.limit <= self.count
+
+    @staticmethod
+    def hint_s(rs: RetryCallState) -> float:
+        """The controller's retry-after for the failed attempt (a floor for the wait), else 0."""
+        error = rs.outcome.exception() if rs.outcome is not None else None
+        return float(getattr(error, "hint_s", 0.0))
+
+
+class _RetryableRpc(TransferError):
+    def __init__(self, message: str, hint_s: float) -> None:
+        super().__init__(message)
+        self.hint_s = hint_s  # the controller's retry-after, a floor for the wait
+
+
+def _stream(state: Session, fetch: FetchFn, max_bytes_per_s: int) -> None:
+    """One attempt: streams from ``state.pos`` to the end. Transient failures are TransferErrors (retried)."""
+    if state.pos >= state.entry.size:
+        return
+    try:
+        state.stream_once(fetch, max_bytes_per_s)
+    except grpc.RpcError as exc:
+        entry = state.entry
+        code = exc.code() if hasattr(exc, "code") else None
+        details = exc.details() if hasattr(exc, "details") else str(exc)
+        if code == grpc.StatusCode.NOT_FOUND:
+            raise NotFound(f"the controller has no blob for {entry.path} ({entry.sha256[:12]}…): {details}") from exc
+        if code not in RETRYABLE:
+            raise InstallError(f"download of {entry.path} refused ({code}): {details}") from exc
+        raise _RetryableRpc(f"{code.name if code else 'error'}: {details}", _retry_hint(exc)) from exc
 
 
 def _retry_hint(exc: grpc.RpcError) -> float:

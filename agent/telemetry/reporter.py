@@ -1,21 +1,21 @@
 """Sends buffered telemetry batches to the controller, in sequence order, without losing any.
 
 A batch leaves the buffer only when the controller acknowledges it (stored now, or stored before: a
-duplicate). Any transport failure stops the flush and keeps the batch for the next try, with exponential
-backoff in the background thread. The only batches dropped here are ones the controller rejects as
+duplicate). Any transport failure stops the flush and keeps the batch for the next try, with the TELEMETRY
+backoff (shared/retry.py) in the background thread. The only batches dropped here are ones the controller rejects as
 malformed (``INVALID_ARGUMENT``): resending them could never succeed and would block every later batch.
 """
 
 from __future__ import annotations
 
 import logging
-import random
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from agent.telemetry.buffer import TelemetryBuffer
 from shared.pb import agent_pb2, agent_pb2_grpc
+from shared.retry import TELEMETRY
 from shared.telemetry import window_to_pb
 
 log = logging.getLogger(__name__)
@@ -147,11 +147,11 @@ class TelemetryReporter:
             log.debug("telemetry: attempt %d failed (%s)", self.failures, self.last_error)
 
     def backoff_s(self, interval_s: float) -> float:
-        """Seconds before the next attempt: the interval, doubled per consecutive failure, jittered."""
+        """Seconds before the next attempt: the interval, doubled per consecutive failure (from twice the interval),
+        capped at ``max_backoff_s`` and jittered: the TELEMETRY policy's delay for the failure count."""
         if not self.failures:
             return interval_s
-        base = min(self.max_backoff_s, interval_s * 2 ** min(self.failures, 16))
-        return base * random.uniform(0.5, 1.0)
+        return TELEMETRY.but(base_s=2 * interval_s, cap_s=self.max_backoff_s).delay(self.failures)
 
     # --- background thread ----------------------------------------------------------------------------
     def start(self, interval_s: float) -> None:

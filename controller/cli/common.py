@@ -11,17 +11,19 @@ from pathlib import Path
 import grpc
 from rich.console import Console
 
+from shared.defaults import DEFAULT_CONTROLLER, DEFAULT_CONTROLLER_DATA_DIR
 from shared.errors import ConfigError, Unavailable
 from shared.grpc_hints import explain_unavailable
 
 # Wide enough for the device table when output goes to a file or CI log.
 console = Console(width=None if sys.stdout.isatty() else 180)
-DEFAULT_CONTROLLER = "127.0.0.1:50051"
-DEFAULT_DATA_DIR = Path(".slmops/controller")
+DEFAULT_DATA_DIR = DEFAULT_CONTROLLER_DATA_DIR
 
 
 def add_connection_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--controller", default=None, help="HOST:PORT (env SLMOPS_CONTROLLER; default 127.0.0.1:50051)")
+    parser.add_argument(
+        "--controller", default=None, help=f"HOST:PORT (env SLMOPS_CONTROLLER; default {DEFAULT_CONTROLLER})"
+    )
     parser.add_argument("--token", default=None, help="admin token (env SLMOPS_TOKEN; default: <data-dir>/admin.token)")
     parser.add_argument(
         "--ca-cert", default=None, help="controller CA (env SLMOPS_CA_CERT; default <data-dir>/tls/ca.pem)"

@@ -7,7 +7,7 @@ import importlib
 import os
 import sys
 
-NOUN_MODULES = ["processes", "fleet", "builds", "models", "rollouts", "drift", "report", "demo"]
+NOUN_MODULES = ["processes", "fleet", "builds", "models", "rollouts", "drift", "report", "demo", "db"]
 
 
 def build_parser() -> argparse.ArgumentParser:

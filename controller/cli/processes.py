@@ -1,59 +1,113 @@
-"""`slmops controller serve` and `slmops agent run`: the two long-running processes."""
+"""`slmops controller serve` and `slmops agent run`: the two long-running processes.
+
+Each flag sets one field of the process's settings model (controller/settings.py, agent/settings.py); a flag that
+is not given leaves the field to the environment, the settings file (``--config`` / ``SLMOPS_CONFIG``) or the
+default. Values are validated by the model, whose errors name the flag (or variable, or file) and the field.
+"""
 
 from __future__ import annotations
 
 import argparse
-import os
 import signal
-from pathlib import Path
+from collections.abc import Iterator
+from typing import Any
 
 from rich.console import Console
 
+from shared.defaults import DEFAULT_CONTROLLER, DEFAULT_SERVE_LISTEN
+
 console = Console(stderr=True)
+Flag = tuple[str, str, dict[str, Any]]  # (flag, settings field, argparse options)
+
+CONTROLLER_FLAGS: list[Flag] = [
+    ("--listen", "listen", {"help": f"HOST:PORT (env SLMOPS_LISTEN; default {DEFAULT_CONTROLLER})"}),
+    ("--db", "db_url", {"help": "database URL (env SLMOPS_DB; default: SQLite in the data dir)"}),
+    ("--data-dir", "data_dir", {"help": "env SLMOPS_DATA_DIR; default .slmops/controller"}),
+    ("--profiles-dir", "profiles_dir", {"help": "directory of device profile YAML files (default: bundled)"}),
+    ("--insecure", "insecure", {"action": "store_true", "help": "plaintext gRPC without TLS (local development only)"}),
+    ("--tls-host", "tls_hosts", {"action": "append", "help": "extra DNS name/IP for the server certificate"}),
+    ("--heartbeat-interval", "heartbeat_interval_s", {"help": "seconds between agent heartbeats (default 10)"}),
+    ("--offline-after", "offline_after_s", {"help": "seconds without a heartbeat before a device is offline"}),
+    ("--max-jobs", "max_jobs", {"help": "build jobs running at once (default 1)"}),
+    ("--max-downloads", "max_downloads", {"help": "artifact downloads served at once (default 16)"}),
+    ("--grpc-workers", "grpc_workers", {"help": "gRPC server threads (default 32)"}),
+    ("--metrics-listen", "metrics_listen", {"help": "HOST:PORT for Prometheus /metrics (default: off)"}),
+]
+
+
+class _RuntimeChoices:
+    """The installed runtime names (entry points), read when argparse checks a value or prints help."""
+
+    def _names(self) -> list[str]:
+        from shared.profiles import runtime_names
+
+        return runtime_names()
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
+
+
+AGENT_FLAGS: list[Flag] = [
+    ("--controller", "controller", {"help": f"HOST:PORT (env SLMOPS_CONTROLLER; default {DEFAULT_CONTROLLER})"}),
+    ("--data-dir", "data_dir", {"help": "env SLMOPS_AGENT_DIR; default .slmops/agent"}),
+    ("--token", "enrollment_token", {"help": "enrollment token, first run (env SLMOPS_ENROLL_TOKEN)"}),
+    ("--ca-cert", "ca_cert", {"help": "controller CA certificate to pin (env SLMOPS_CA_CERT)"}),
+    ("--insecure", "insecure", {"action": "store_true", "help": "plaintext gRPC (local development only)"}),
+    ("--profile", "profile", {"help": "pin a device profile instead of matching from hardware"}),
+    ("--runtime", "runtime", {"choices": _RuntimeChoices(), "help": "override the profile's runtime backend"}),
+    ("--listen", "serve_listen", {"help": f"OpenAI API HOST:PORT (env SLMOPS_SERVE_LISTEN; {DEFAULT_SERVE_LISTEN})"}),
+    ("--api-key", "api_key", {"help": "require this key on the local API (env SLMOPS_API_KEY)"}),
+    ("--heartbeat-interval", "heartbeat_interval_s", {"help": "override the controller's interval (s)"}),
+    ("--telemetry-window", "telemetry_window_s", {"help": "telemetry window length (s, default 60)"}),
+    ("--max-bytes-per-s", "max_bytes_per_s", {"help": "download bandwidth limit (0: none)"}),
+    ("--max-body-bytes", "max_body_bytes", {"help": "largest request body on the local API (default 1 MiB)"}),
+    ("--read-timeout", "read_timeout_s", {"help": "seconds to send a request's head, then body (default 15)"}),
+    ("--max-queue", "max_queue", {"help": "requests waiting for a worker before 429 (default 16)"}),
+    ("--workers", "workers", {"help": "requests generated at once (default 2)"}),
+    ("--keep-versions", "keep_versions", {"help": "installed model versions kept on disk (default 3)"}),
+    (
+        "--open-metrics",
+        "metrics_require_key",
+        {"action": "store_const", "const": False, "help": "serve /metrics without the API key"},
+    ),
+    (
+        "--scrub-interval",
+        "scrub_interval_s",
+        {"help": "seconds between full sha256 checks of the installed versions while running (0 = only at start)"},
+    ),
+    ("--no-foundry-check", "check_foundry", {"action": "store_false", "help": "skip probing Foundry Local at start"}),
+]
+
+
+def _add_flags(parser: argparse.ArgumentParser, flags: list[Flag]) -> None:
+    for flag, field, options in flags:
+        if options.get("action", "append") == "append" and "choices" not in options:
+            options = {"metavar": flag.lstrip("-").replace("-", "_").upper(), **options}
+        parser.add_argument(flag, dest=field, default=argparse.SUPPRESS, **options)
+    parser.add_argument("--config", metavar="FILE", help="settings file, TOML or YAML (env SLMOPS_CONFIG)")
+    parser.add_argument(
+        "--print-config", action="store_true", help="print the effective settings (secrets masked) and exit"
+    )
+
+
+def _given(args: argparse.Namespace, flags: list[Flag]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The flags given on the command line, by settings field, and each field's flag name."""
+    values = {field: getattr(args, field) for _, field, _ in flags if hasattr(args, field)}
+    return values, {field: flag for flag, field, _ in flags}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     ctl = sub.add_parser("controller", help="the central controller").add_subparsers(dest="action", required=True)
     p = ctl.add_parser("serve", help="run the controller's gRPC server, scheduler and job workers")
-    p.add_argument("--listen", default=os.environ.get("SLMOPS_LISTEN", "127.0.0.1:50051"), help="HOST:PORT")
-    p.add_argument(
-        "--db", default=os.environ.get("SLMOPS_DB", ""), help="database URL (default: SQLite in the data dir)"
-    )
-    p.add_argument("--data-dir", default=os.environ.get("SLMOPS_DATA_DIR", ".slmops/controller"))
-    p.add_argument("--profiles-dir", default=None, help="directory of device profile YAML files (default: bundled)")
-    p.add_argument("--insecure", action="store_true", help="plaintext gRPC without TLS (local development only)")
-    p.add_argument("--tls-host", action="append", default=[], help="extra DNS name/IP for the server certificate")
-    p.add_argument("--heartbeat-interval", type=int, default=10, help="seconds between agent heartbeats")
-    p.add_argument("--max-jobs", type=int, default=1, help="build jobs running at once")
-    p.add_argument("--metrics-listen", default="", help="HOST:PORT for Prometheus /metrics (default: off)")
+    _add_flags(p, CONTROLLER_FLAGS)
     p.set_defaults(func=controller_serve)
 
     agt = sub.add_parser("agent", help="the edge agent").add_subparsers(dest="action", required=True)
     p = agt.add_parser("run", help="enroll (first run), then heartbeat, install, serve and report")
-    p.add_argument("--controller", default=os.environ.get("SLMOPS_CONTROLLER", "127.0.0.1:50051"), help="HOST:PORT")
-    p.add_argument("--data-dir", default=os.environ.get("SLMOPS_AGENT_DIR", ".slmops/agent"))
-    p.add_argument("--token", default=os.environ.get("SLMOPS_ENROLL_TOKEN", ""), help="enrollment token (first run)")
-    p.add_argument("--ca-cert", default=os.environ.get("SLMOPS_CA_CERT"), help="controller CA certificate to pin")
-    p.add_argument("--insecure", action="store_true", help="plaintext gRPC (local development only)")
-    p.add_argument("--profile", default="", help="pin a device profile instead of matching from hardware")
-    p.add_argument("--runtime", default="", choices=["", "ort-genai", "foundry-local"], help="override the runtime")
-    p.add_argument(
-        "--listen", default=os.environ.get("SLMOPS_SERVE_LISTEN", "127.0.0.1:8080"), help="OpenAI API HOST:PORT"
-    )
-    p.add_argument("--api-key", default=os.environ.get("SLMOPS_API_KEY", ""), help="require this key on the local API")
-    p.add_argument("--heartbeat-interval", type=float, default=0.0, help="override the controller's interval (s)")
-    p.add_argument("--telemetry-window", type=float, default=60.0, help="telemetry window length (s)")
-    p.add_argument("--max-bytes-per-s", type=int, default=0, help="download bandwidth limit")
-    p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body on the local API")
-    p.add_argument("--read-timeout", type=float, default=15.0, help="seconds to send a request's head, then body")
-    p.add_argument("--open-metrics", action="store_true", help="serve /metrics without the API key")
-    p.add_argument(
-        "--scrub-interval",
-        type=float,
-        default=24 * 3600.0,
-        help="seconds between full sha256 checks of the installed versions while running (0 = only at start)",
-    )
-    p.add_argument("--no-foundry-check", action="store_true", help="skip probing Foundry Local at start")
+    _add_flags(p, AGENT_FLAGS)
     p.set_defaults(func=agent_run)
 
 
@@ -68,58 +122,44 @@ def _run_until_signal(start, stop) -> int:  # type: ignore[no-untyped-def]
     return 0
 
 
-def controller_serve(args: argparse.Namespace) -> int:
-    from controller.api.server import ControllerServer
-    from controller.settings import ControllerSettings
-    from shared.profiles import bundled_profiles_dir
+def _print_config(settings: Any) -> int:
+    print(settings.render(), end="")
+    return 0
 
-    settings = ControllerSettings(
-        listen=args.listen,
-        data_dir=Path(args.data_dir),
-        db_url=args.db,
-        profiles_dir=Path(args.profiles_dir) if args.profiles_dir else bundled_profiles_dir(),
-        insecure=args.insecure,
-        tls_hosts=args.tls_host,
-        heartbeat_interval_s=args.heartbeat_interval,
-        max_jobs=args.max_jobs,
-    )
+
+def controller_serve(args: argparse.Namespace) -> int:
+    from controller.settings import ControllerSettings
+
+    flags, names = _given(args, CONTROLLER_FLAGS)
+    settings = ControllerSettings.load(flags, config_file=args.config, flag_names=names)
+    if args.print_config:
+        return _print_config(settings)
+
+    from controller.api.server import ControllerServer
+
     server = ControllerServer(settings).start()
-    if args.metrics_listen:
+    if settings.metrics_listen:
         from controller.metrics import serve_metrics
 
-        port = serve_metrics(server.app, args.metrics_listen)
-        console.print(f"Prometheus metrics on http://{args.metrics_listen.rsplit(':', 1)[0]}:{port}/metrics")
+        port = serve_metrics(server.app, settings.metrics_listen)
+        console.print(f"Prometheus metrics on http://{settings.metrics_listen.rsplit(':', 1)[0]}:{port}/metrics")
     console.print(f"controller ready on {server.address}; admin token in {settings.admin_token_path}")
     return _run_until_signal(server.wait, server.stop)
 
 
 def agent_run(args: argparse.Namespace) -> int:
+    from agent.settings import AgentSettings
+
+    flags, names = _given(args, AGENT_FLAGS)
+    settings = AgentSettings.load(flags, config_file=args.config, flag_names=names)
+    if args.print_config:
+        return _print_config(settings)
+
     from agent.daemon import Agent
     from agent.install.tuning import tune_malloc_for_streaming
-    from agent.settings import AgentSettings
     from shared.lifecycle import exit_with_parent
 
     exit_with_parent()  # when a supervisor (e.g. `slmops demo`) asked for it
     tune_malloc_for_streaming()
-
-    settings = AgentSettings(
-        controller=args.controller,
-        data_dir=Path(args.data_dir),
-        enrollment_token=args.token,
-        ca_cert=Path(args.ca_cert) if args.ca_cert else None,
-        insecure=args.insecure,
-        profile=args.profile,
-        runtime=args.runtime,
-        serve_listen=args.listen,
-        api_key=args.api_key,
-        heartbeat_interval_s=args.heartbeat_interval,
-        telemetry_window_s=args.telemetry_window,
-        max_bytes_per_s=args.max_bytes_per_s,
-        max_body_bytes=args.max_body_bytes,
-        read_timeout_s=args.read_timeout,
-        metrics_require_key=False if args.open_metrics else None,
-        scrub_interval_s=args.scrub_interval,
-        check_foundry=not args.no_foundry_check,
-    )
     agent = Agent(settings)
     return _run_until_signal(agent.run, agent.stop)

@@ -16,6 +16,7 @@ from typing import Any
 
 from controller.factory.subproc import run_tool
 from shared.errors import RecipeError, StageError
+from shared.profiles import runtime_names
 
 log = logging.getLogger(__name__)
 
@@ -41,20 +42,24 @@ BUILDER_COMBOS = {
 REQUIRED_FILES = ("genai_config.json", "tokenizer.json")
 
 
-# The runtimes a variant can be built for (a profile's ``runtime``, see agent/runtime/) and what each loads. Both
-# load the onnxruntime-genai folder this module builds; Foundry Local cannot apply runtime LoRA adapters
-# (agent/runtime/foundry_local.py), so a base + .onnx_adapter variant is refused for it.
+# What a variant is built as for each runtime (a profile's ``runtime``: the names of the installed runtime
+# backends, entry points 'slmops.runtimes', see shared.profiles.runtime_names). They all load the onnxruntime-genai
+# folder this module builds; Foundry Local cannot apply runtime LoRA adapters (agent/runtime/foundry_local.py), so
+# a base + .onnx_adapter variant is refused for it. A runtime not listed here (a third-party backend) gets
+# DEFAULT_RUNTIME_TARGET: the same folder, no runtime adapters.
 RUNTIME_TARGETS: dict[str, dict[str, Any]] = {
     "ort-genai": {"format": "ort-genai", "runtime_adapters": True},
     "foundry-local": {"format": "ort-genai", "runtime_adapters": False},
 }
+DEFAULT_RUNTIME_TARGET: dict[str, Any] = {"format": "ort-genai", "runtime_adapters": False}
 
 
 def check_runtime_target(runtime: str, field: str, source: str, runtime_adapter: bool = False) -> dict[str, Any]:
     """The build target for ``runtime``; RecipeError when unknown or when it cannot load a runtime adapter."""
-    target = RUNTIME_TARGETS.get(runtime)
-    if target is None:
-        raise RecipeError(source, field, f"unknown runtime '{runtime}' (known: {', '.join(RUNTIME_TARGETS)})")
+    known = runtime_names()
+    if runtime not in known:
+        raise RecipeError(source, field, f"unknown runtime '{runtime}' (known: {', '.join(known)})")
+    target = RUNTIME_TARGETS.get(runtime, DEFAULT_RUNTIME_TARGET)
     if runtime_adapter and not target["runtime_adapters"]:
         raise RecipeError(
             source,

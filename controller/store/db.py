@@ -1,7 +1,7 @@
 """The controller's database: one SQLAlchemy engine (SQLite file by default, PostgreSQL at scale).
 
-``Store(url)`` opens the database and applies pending migrations. Use ``store.session()`` as a context
-manager; it commits on success and rolls back on error.
+``Store(url)`` opens the database and brings its schema to the latest Alembic revision (``schema.upgrade``). Use
+``store.session()`` as a context manager; it commits on success and rolls back on error.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, create_engine
 
-from controller.store.migrations import apply_migrations
+from controller.store import schema
 from shared.errors import ConfigError, Unavailable
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,7 @@ def sqlite_url(data_dir: Path) -> str:
     return f"sqlite:///{Path(data_dir).resolve() / 'controller.db'}"
 
 
-def _make_engine(url: str) -> Engine:
+def make_engine(url: str) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
 
@@ -45,20 +45,28 @@ def _make_engine(url: str) -> Engine:
     raise ConfigError("--db", "url", f"unsupported database URL '{url}': use sqlite:///PATH or postgresql+psycopg://")
 
 
+@contextmanager
+def unavailable_if_unreachable(engine: Engine) -> Iterator[None]:
+    """Turns a failure to reach the database (connection refused, bad credentials ...) into Unavailable."""
+    try:
+        yield
+    except Exception as exc:
+        if "could not connect" in str(exc) or "Connection refused" in str(exc):
+            redacted = engine.url.render_as_string(hide_password=True)
+            raise Unavailable(f"cannot reach the database at {redacted}: {exc}") from exc
+        raise
+
+
 class Store:
     """Owns the engine; every controller component takes a Store."""
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self.engine = _make_engine(url)
-        try:
-            applied = apply_migrations(self.engine)
-        except Exception as exc:  # connection refused, bad credentials ...
-            if "could not connect" in str(exc) or "Connection refused" in str(exc):
-                raise Unavailable(f"cannot reach the database at {self.redacted_url}: {exc}") from exc
-            raise
+        self.engine = make_engine(url)
+        with unavailable_if_unreachable(self.engine):
+            applied = schema.upgrade(self.engine)
         if applied:
-            log.info("applied migrations %s to %s", ", ".join(applied), self.redacted_url)
+            log.info("applied schema revisions %s to %s", ", ".join(applied), self.redacted_url)
 
     @property
     def redacted_url(self) -> str:

@@ -112,7 +112,11 @@ def test_handlers_that_abort_keep_their_status(controller: ControllerServer, cap
     """A handler's own ``context.abort`` (unary, or mid-stream) reaches the client as it was given; the
     interceptor does not turn it into INTERNAL or log it as unexpected."""
     caplog.set_level(logging.INFO)
-    server, channel = _aborting_server(ControllerInterceptor("admin-token", controller.app.agents))
+    server, channel = _aborting_server(
+        ControllerInterceptor(
+            "admin-token", controller.app.agents, public={"/test.Aborts/Unary", "/test.Aborts/Stream"}
+        )
+    )
     try:
         with pytest.raises(grpc.RpcError) as unary:
             channel.unary_unary("/test.Aborts/Unary")(b"", timeout=10)

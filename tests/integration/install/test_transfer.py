@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import logging
 import os
 import threading
 import time
@@ -12,7 +13,7 @@ import grpc
 import pytest
 
 from agent.install import stream
-from agent.install.grpc_fetch import CHANNEL_OPTIONS, grpc_fetch, stub_fetch
+from agent.install.grpc_fetch import CHANNEL_OPTIONS, MalformedChunk, grpc_fetch, stub_fetch
 from agent.install.transfer import RetryPolicy, TransferProgress, download_file
 from controller.registry.transfer import DownloadGate
 from shared.errors import NotFound, TransferError
@@ -144,6 +145,35 @@ def test_pre_encoded_chunks_through_add_agent_service(store, tmp_path):
         assert info.value.code() == grpc.StatusCode.NOT_FOUND
         channel.close()
     assert servicer.bytes_sent > 2 * entry.size  # counted as encoded messages (data plus a few header bytes)
+
+
+def test_a_malformed_message_is_refused_and_the_download_resumes(store, tmp_path, caplog):
+    """A message that is not a valid ArtifactChunk ends the stream with a clear, resumable error (not gRPC's bare
+    INTERNAL "Exception deserializing response!"); nothing of it is written and the retry completes the file."""
+    entry = put(store, tmp_path, 2_500_000)
+    servicer = BlobServicer(store, wire=True)
+    broken: list[int] = []
+
+    def truncate_second(sha: str, message: bytes) -> bytes:
+        if not broken and len(servicer.served) == 1 and servicer.served[0].bytes_sent > 0:
+            broken.append(len(message))
+            return message[: len(message) // 2]  # cut inside the data field
+        return message
+
+    servicer.tamper = truncate_second  # type: ignore[assignment]
+    caplog.set_level(logging.INFO)
+    with serve(servicer, wire=True) as address:
+        channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        with pytest.raises(MalformedChunk, match=r"malformed ArtifactChunk: .* runs past the end"):
+            for _ in grpc_fetch(channel)(entry.sha256, 0, 0):
+                pass
+        servicer.served.clear()
+        broken.clear()
+        result = download_file(grpc_fetch(channel), entry, tmp_path / "dl", retry=FAST_RETRY)
+        channel.close()
+    assert result.retries == 1 and sha256_file(result.path) == entry.sha256
+    assert [s.offset for s in servicer.served] == [0, 1 << 20]  # resumed after the one good chunk
+    assert "Exception deserializing" not in caplog.text
 
 
 def test_fetch_keeps_its_channel_alive(store, address, tmp_path):
