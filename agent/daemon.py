@@ -10,6 +10,7 @@ from pathlib import Path
 
 from agent import identity as ids
 from agent.client import ControllerClient, retry_unavailable
+from agent.services import AgentServices
 from agent.settings import AgentSettings
 from shared.errors import ConfigError, PermissionDenied, SlmopsError, Unauthenticated, Unavailable
 from shared.hardware import HardwareInfo, detect
@@ -105,7 +106,9 @@ class Agent:
         self._backoff = CONTROLLER_CALL.but(cap_s=settings.backoff_max_s)
         self._refused = Streak(REFUSED.but(cap_s=max(settings.backoff_max_s, 5.0)))
         self.credentials_rejected = False
-        self.services = _services(self)
+        self.services = AgentServices(
+            settings, self.identity, self.client, profile=lambda: self.profile, agent_id=lambda: self.agent_id
+        )
 
     @property
     def agent_id(self) -> str:
@@ -193,9 +196,3 @@ class Agent:
 
     def stop(self) -> None:
         self.stop_event.set()
-
-
-def _services(agent: Agent):  # type: ignore[no-untyped-def]
-    from agent.services import AgentServices
-
-    return AgentServices(agent)

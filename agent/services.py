@@ -13,10 +13,13 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from agent.client import ControllerClient
 from agent.health import MIN_GOLDEN, golden_window, run_health_check
+from agent.identity import Identity
 from agent.install.grpc_fetch import grpc_fetch
 from agent.install.integrity import AT_START, IN_SCRUB, IntegrityGuard, ScrubSchedule
 from agent.install.machine import InstallMachine
@@ -27,14 +30,12 @@ from agent.runtime.base import LoadedModel, Runtime
 from agent.runtime.registry import get_runtime
 from agent.serving.server import ServingServer
 from agent.serving.service import Serving, ServingConfig
+from agent.settings import AgentSettings
 from agent.telemetry.pipeline import TelemetryPipeline
 from agent.telemetry.reporter import grpc_sender
 from shared.errors import SlmopsError
 from shared.manifest import Manifest
 from shared.pb import agent_pb2, common_pb2
-
-if TYPE_CHECKING:
-    from agent.daemon import Agent
 
 log = logging.getLogger(__name__)
 HEALTH_EVERY_S = 60.0
@@ -44,9 +45,22 @@ PERIODIC_GOLDEN = 4
 
 
 class AgentServices:
-    def __init__(self, agent: Agent) -> None:
-        s = agent.settings
-        self.agent = agent
+    """The agent's services, given what they need of it: its settings, the identity it started with, the
+    controller client, the profile the last heartbeat named (``profile()``) and the agent's current id
+    (``agent_id()``; a re-enrollment may change it; default: the identity's)."""
+
+    def __init__(
+        self,
+        settings: AgentSettings,
+        identity: Identity,
+        client: ControllerClient,
+        profile: Callable[[], common_pb2.Profile | None],
+        agent_id: Callable[[], str] | None = None,
+    ) -> None:
+        s = self.settings = settings
+        self.client = client
+        self._profile = profile
+        self._agent_id = agent_id or (lambda: identity.agent_id)
         self.data_dir = Path(s.data_dir)
         host, port = s.serve_listen.rsplit(":", 1)
         config = ServingConfig(
@@ -55,7 +69,7 @@ class AgentServices:
             api_key=s.api_key or None,
             workers=s.workers,
             max_queue=s.max_queue,
-            profile=agent.identity.profile,
+            profile=identity.profile,
             default_temperature=0.0,
             max_body_bytes=s.max_body_bytes,
             read_timeout_s=s.read_timeout_s,
@@ -63,10 +77,10 @@ class AgentServices:
         )
         self.telemetry = TelemetryPipeline(
             self.data_dir / "telemetry",
-            agent.agent_id,
-            grpc_sender(agent.client.stub, agent.client.metadata),
+            identity.agent_id,
+            grpc_sender(client.stub, client.metadata),
             s.telemetry_window_s,
-            agent.identity.profile,
+            identity.profile,
             report_interval_s=min(5.0, s.telemetry_window_s),
         )
         self.serving = Serving(config, on_request=self.telemetry.record, on_feedback=self.telemetry.feedback)
@@ -74,8 +88,8 @@ class AgentServices:
         self._stop = threading.Event()
         self.machine = InstallMachine(
             self.data_dir / "install",
-            grpc_fetch(agent.client.channel, agent.client.metadata),
-            agent.identity.manifest_public_key_pem.encode(),
+            grpc_fetch(client.channel, client.metadata),
+            identity.manifest_public_key_pem.encode(),
             self._activate,
             self._health_check,
             BufferedReporter(self._send_transition),
@@ -114,7 +128,7 @@ class AgentServices:
 
     # --- model activation (called by the install machine) ----------------------------------------------
     def _runtime_for(self, manifest: Manifest) -> Runtime:
-        name = self.agent.settings.runtime or manifest.runtime or "ort-genai"
+        name = self.settings.runtime or manifest.runtime or "ort-genai"
         if name not in self._runtimes:
             options = {"data_dir": self.data_dir / "foundry"} if name == "foundry-local" else {}
             self._runtimes[name] = get_runtime(name, **options)
@@ -156,7 +170,7 @@ class AgentServices:
         log.warning("serving no model")
 
     def _budget(self, manifest: Manifest) -> dict[str, Any]:
-        p = self.agent.profile
+        p = self._profile()
         budget: dict[str, Any] = {"execution_provider": manifest.execution_provider or "cpu"}
         if p is not None:
             budget.update(
@@ -238,7 +252,7 @@ class AgentServices:
                 desired.manifest.manifest_json,
                 desired.manifest.signature,
                 desired.rollout_id,
-                desired.max_bytes_per_s or self.agent.settings.max_bytes_per_s,
+                desired.max_bytes_per_s or self.settings.max_bytes_per_s,
                 attempt=desired.attempt,
             )
             if started:
@@ -264,7 +278,7 @@ class AgentServices:
 
     # --- controller conversation -------------------------------------------------------------------------
     def _send_transition(self, transition: Transition) -> None:
-        self.agent.client.call("ReportInstall", transition_to_pb(transition, self.agent.agent_id))
+        self.client.call("ReportInstall", transition_to_pb(transition, self._agent_id()))
 
     def fill_heartbeat(self, request: agent_pb2.HeartbeatRequest) -> None:
         current = self.machine.current_version()

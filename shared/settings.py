@@ -1,6 +1,6 @@
 """Process settings shared by the controller and the agent: layered loading, validation errors, printing.
 
-A settings model (``controller/settings.py``, ``agent/settings.py``) is a pydantic-settings model. Constructed
+A settings model (``controller/core/settings.py``, ``agent/settings.py``) is a pydantic-settings model. Constructed
 with keywords it is only those keywords over the defaults (tests, the demo); :meth:`LayeredSettings.load` builds
 the effective settings of a process from four layers, each over the one after it:
 

@@ -173,12 +173,27 @@ def _check_float(name: str, value: Any) -> float:
 
 
 def _validate_window(w: TelemetryWindowData) -> None:
+    _validate_span(w)
+    _validate_counts_and_names(w)
+    _validate_figures(w)
+    if not isinstance(w.health_ok, bool):
+        raise InvalidTelemetry("health_ok", "must be a boolean")
+    _validate_hist(w)
+    _validate_prompts(w.sampled_prompts)
+
+
+def _validate_span(w: TelemetryWindowData) -> None:
+    """``start_unix`` >= 0 and ``end_unix`` >= ``start_unix``, both finite."""
     start = _check_float("start_unix", w.start_unix)
     end = _check_float("end_unix", w.end_unix)
     if start < 0:
         raise InvalidTelemetry("start_unix", f"must be >= 0, got {start}")
     if end < start:
         raise InvalidTelemetry("end_unix", f"must be >= start_unix ({start}), got {end}")
+
+
+def _validate_counts_and_names(w: TelemetryWindowData) -> None:
+    """Bounded strings, bounded non-negative counts, and no more errors or cancels than requests."""
     for name in _STRING_FIELDS:
         value = getattr(w, name)
         if not isinstance(value, str) or len(value) > MAX_NAME_CHARS:
@@ -188,6 +203,10 @@ def _validate_window(w: TelemetryWindowData) -> None:
     for name in ("error_count", "cancel_count"):
         if getattr(w, name) > w.request_count:
             raise InvalidTelemetry(name, f"{getattr(w, name)} exceeds request_count ({w.request_count})")
+
+
+def _validate_figures(w: TelemetryWindowData) -> None:
+    """Non-negative finite figures, ordered percentiles, and a format validity of at most 1."""
     for name in _NON_NEGATIVE_FLOATS:
         if _check_float(name, getattr(w, name)) < 0:
             raise InvalidTelemetry(name, f"must be >= 0, got {getattr(w, name)}")
@@ -199,10 +218,6 @@ def _validate_window(w: TelemetryWindowData) -> None:
     validity = _check_float("format_validity", w.format_validity)
     if validity > 1.0:
         raise InvalidTelemetry("format_validity", f"must be in [0, 1] or negative (not measured), got {validity}")
-    if not isinstance(w.health_ok, bool):
-        raise InvalidTelemetry("health_ok", "must be a boolean")
-    _validate_hist(w)
-    _validate_prompts(w.sampled_prompts)
 
 
 def _validate_hist(w: TelemetryWindowData) -> None:

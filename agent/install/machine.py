@@ -37,15 +37,14 @@ from agent.install.states import (
     Transition,
     next_state,
 )
+from agent.install.steps import ActivateFn, HealthCheckFn
 from agent.install.transfer import FetchFn
-from shared.errors import Cancelled, FailedPrecondition, IntegrityError, SlmopsError, TransferError
+from shared.errors import FailedPrecondition, SlmopsError
 from shared.manifest import Manifest, verify
 from shared.retry import INSTALL_STEP, TRANSFER, Policy
 
 log = logging.getLogger(__name__)
 
-ActivateFn = Callable[[Path], None]
-HealthCheckFn = Callable[[Path, Manifest], tuple[bool, str]]
 ReportFn = Callable[[Transition], None]
 
 
@@ -289,37 +288,14 @@ class InstallMachine:
 
     def _run_handler(self, state: State) -> tuple[Event | None, str]:
         """The handler's event and message; ``None`` when :meth:`pause` interrupted it."""
-        rec = self.record
         try:
-            event = steps.HANDLERS[state](self)
-            if event == Event.RETRY:
-                return event, rec.error
-            if event == Event.FAIL:
-                rec.retryable = rec.retryable and state != State.HEALTH_CHECK
-                return event, rec.error
-            if event in (Event.REVERTED,):
-                return event, f"rolled back to {rec.prior_ref or 'nothing'}: {rec.error}"
-            return event, ""
-        except Cancelled as exc:
-            if self._paused:
-                rec.keep_partials = True
-                return None, exc.message
-            rec.keep_partials = False
-            return Event.ABORT if state not in (State.CLEANUP, State.ROLLBACK) else Event.FAIL, exc.message
-        except TransferError as exc:
-            rec.keep_partials = True
-            return (Event.RETRY if state == State.DOWNLOAD else Event.FAIL), exc.message
-        except IntegrityError as exc:
-            rec.keep_partials = False
-            rec.retryable = False
-            return Event.FAIL, exc.message
+            return steps.outcome(state, steps.HANDLERS[state](self), self.record)
         except SlmopsError as exc:
-            rec.keep_partials = False
-            return Event.FAIL, exc.message
+            return steps.error_outcome(state, exc, self.record, paused=self._paused)
         except Exception as exc:  # a bug or an error from an injected callable: fail safe, with the cause
             log.exception("install step %s failed unexpectedly", state)
             if state in AFTER_ACTIVATION:
-                rec.retryable = False
+                self.record.retryable = False
             return Event.FAIL, f"{state} failed: {type(exc).__name__}: {exc}"
 
     def _begin(self, record: InstallRecord) -> None:

@@ -5,21 +5,51 @@ from __future__ import annotations
 
 import logging
 import shutil
+import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import Protocol
 
-from agent.install.layout import check_file_path, fsync_tree, link_or_copy
+from agent.install.layout import Layout, check_file_path, fsync_tree, link_or_copy
+from agent.install.statefile import InstallRecord
 from agent.install.states import Event, InstallProgress, State
-from agent.install.transfer import TransferProgress, check_space, download_file, part_path
-from shared.errors import InstallError, IntegrityError
-from shared.manifest import FileEntry, verify_file
-
-if TYPE_CHECKING:
-    from agent.install.machine import InstallMachine
+from agent.install.transfer import FetchFn, TransferProgress, check_space, download_file, part_path
+from shared.errors import Cancelled, InstallError, IntegrityError, SlmopsError, TransferError
+from shared.manifest import FileEntry, Manifest, verify_file
+from shared.retry import Policy
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[["InstallMachine"], Event]
+ActivateFn = Callable[[Path], None]
+HealthCheckFn = Callable[[Path, Manifest], tuple[bool, str]]
+
+
+class InstallMachine(Protocol):
+    """What the handlers use of the install machine (``machine.InstallMachine`` implements it; steps never
+    import the machine, which drives them)."""
+
+    layout: Layout
+    fetch: FetchFn
+    activate: ActivateFn
+    health_check: HealthCheckFn
+    deactivate: Callable[[], None] | None
+    keep_versions: int
+    reserve_bytes: int
+    retry: Policy
+    verify_retries: int
+    cancel_event: threading.Event
+
+    @property
+    def record(self) -> InstallRecord: ...
+
+    def manifest(self, check_signature: bool = True) -> Manifest: ...
+
+    def save(self) -> None: ...
+
+    def emit_progress(self, progress: InstallProgress) -> None: ...
+
+
+Handler = Callable[[InstallMachine], Event]
 
 
 def _unique(files: list[FileEntry]) -> dict[str, FileEntry]:
@@ -212,3 +242,31 @@ HANDLERS: dict[State, Handler] = {
     State.ROLLBACK: rollback,
     State.CLEANUP: cleanup,
 }
+
+
+def outcome(state: State, event: Event, rec: InstallRecord) -> tuple[Event, str]:
+    """The message that goes with the event a handler returned."""
+    if event == Event.RETRY:
+        return event, rec.error
+    if event == Event.FAIL:
+        rec.retryable = rec.retryable and state != State.HEALTH_CHECK
+        return event, rec.error
+    if event == Event.REVERTED:
+        return event, f"rolled back to {rec.prior_ref or 'nothing'}: {rec.error}"
+    return event, ""
+
+
+def error_outcome(state: State, exc: SlmopsError, rec: InstallRecord, paused: bool) -> tuple[Event | None, str]:
+    """The event a handler's error means (``None``: the machine was paused), and whether partials are kept."""
+    if isinstance(exc, Cancelled):
+        rec.keep_partials = paused
+        if paused:
+            return None, exc.message
+        return Event.ABORT if state not in (State.CLEANUP, State.ROLLBACK) else Event.FAIL, exc.message
+    if isinstance(exc, TransferError):
+        rec.keep_partials = True
+        return (Event.RETRY if state == State.DOWNLOAD else Event.FAIL), exc.message
+    rec.keep_partials = False
+    if isinstance(exc, IntegrityError):
+        rec.retryable = False
+    return Event.FAIL, exc.message

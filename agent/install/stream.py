@@ -86,23 +86,9 @@ class Session:
                     raise Cancelled(f"download of {entry.path} cancelled")
                 if writer.error is not None:
                     break
-                if chunk.total_size != entry.size:
-                    raise IntegrityError(
-                        f"the controller serves {entry.sha256[:12]}… with {chunk.total_size} bytes but the "
-                        f"manifest says {entry.size}: refusing {entry.path}"
-                    )
-                if chunk.offset != expected:
-                    raise TransferError(f"chunk at offset {chunk.offset}, expected {expected}")
-                size = len(chunk.data)
-                if expected + size > entry.size:
-                    raise IntegrityError(f"the controller sent more than {entry.size} bytes of {entry.path}")
-                if crc32(chunk.data) != chunk.crc32:
-                    self.corrupt += 1
-                    raise ChunkCorrupted(
-                        f"chunk at offset {chunk.offset} of {entry.path} failed its crc32 check: not written"
-                    )
+                self._check_chunk(chunk, expected)
                 writer.put(chunk)
-                expected += size
+                expected += len(chunk.data)
         except BaseException:
             _cancel(stream)
             writer.close()
@@ -113,6 +99,22 @@ class Session:
             raise writer.error
         if self.pos < entry.size:
             raise TransferError(f"stream of {entry.path} ended at byte {self.pos} of {entry.size}")
+
+    def _check_chunk(self, chunk: Any, expected: int) -> None:
+        """A chunk is written only if it belongs to this file, lands at ``expected`` and passes its crc32."""
+        entry = self.entry
+        if chunk.total_size != entry.size:
+            raise IntegrityError(
+                f"the controller serves {entry.sha256[:12]}… with {chunk.total_size} bytes but the "
+                f"manifest says {entry.size}: refusing {entry.path}"
+            )
+        if chunk.offset != expected:
+            raise TransferError(f"chunk at offset {chunk.offset}, expected {expected}")
+        if expected + len(chunk.data) > entry.size:
+            raise IntegrityError(f"the controller sent more than {entry.size} bytes of {entry.path}")
+        if crc32(chunk.data) != chunk.crc32:
+            self.corrupt += 1
+            raise ChunkCorrupted(f"chunk at offset {chunk.offset} of {entry.path} failed its crc32 check: not written")
 
     def report(self, force: bool = False) -> None:
         now = time.monotonic()

@@ -139,6 +139,30 @@ class Outcome:
     cancelled: bool
 
 
+class _Tally:
+    """What a generation's events said so far: token timing and count, finish reason, prompt NLL and size."""
+
+    __slots__ = ("finish", "first_at", "last_at", "nll", "prompt_tokens", "tokens")
+
+    def __init__(self, prompt_tokens: int) -> None:
+        self.first_at: float | None = None
+        self.last_at: float | None = None
+        self.tokens = 0
+        self.finish = "length"
+        self.nll: float | None = None
+        self.prompt_tokens = prompt_tokens
+
+    def add(self, ev: Any) -> None:
+        if ev.token_count:
+            self.last_at = time.perf_counter()
+            if self.first_at is None:
+                self.first_at = self.last_at
+            self.tokens += ev.token_count
+        if ev.finish_reason is not None:
+            self.finish, self.nll = ev.finish_reason, ev.prompt_nll
+            self.prompt_tokens = ev.prompt_tokens or self.prompt_tokens
+
+
 class Generation:
     """The worker-side half of a request. Owns ``lease`` and releases it exactly once."""
 
@@ -180,37 +204,20 @@ class Generation:
         job.then = functools.partial(self.channel.put, kind, value, final=True)
 
     def run(self, job: Job) -> None:
-        model = self.lease.model
         matcher = StopMatcher(self.stops) if self.stops else None
         # Non-streaming requests send nothing per token: the answer crosses to the event loop once, at the end.
         send = self.channel.put if self.stream else None
         pieces: list[str] = []
-        append, clock = pieces.append, time.perf_counter
-        first_at = last_at = None
-        tokens = 0
-        finish, nll, prompt_tokens = "length", None, self.prompt_tokens
+        append = pieces.append
+        tally = _Tally(self.prompt_tokens)
         try:
-            for ev in model.generate(self.prompt, self.params, self.cancel):
-                if ev.token_count:
-                    last_at = clock()
-                    if first_at is None:
-                        first_at = last_at
-                    tokens += ev.token_count
-                if ev.finish_reason is not None:
-                    finish, nll = ev.finish_reason, ev.prompt_nll
-                    prompt_tokens = ev.prompt_tokens or prompt_tokens
+            for ev in self.lease.model.generate(self.prompt, self.params, self.cancel):
+                tally.add(ev)
                 text = ev.text
+                if text and matcher is not None:
+                    text = self._before_stop(matcher, text)
                 if not text:
                     continue
-                if matcher is not None:
-                    if matcher.hit:
-                        continue
-                    text = matcher.feed(text)
-                    if matcher.hit:
-                        self.stop_hit = True
-                        self.cancel.set()
-                    if not text:
-                        continue
                 append(text)
                 if send is not None:
                     send("delta", text)
@@ -218,20 +225,33 @@ class Generation:
                 append(tail)
                 if send is not None:
                     send("delta", tail)
-            cancelled = finish == "cancelled" and not self.stop_hit
-            if self.stop_hit:
-                finish = "stop"
-            text = "".join(pieces)
-            # the record first: once the client has its answer, telemetry and feedback ids are in place
-            self._record(job, text, first_at, last_at, tokens, finish, nll, None, cancelled, prompt_tokens)
-            self._answer(job, "done", Outcome(text, finish, prompt_tokens, tokens, cancelled))
+            self._finish(job, "".join(pieces), tally)
         except Exception as exc:
             log.warning("request %s failed: %s", self.request_id, exc, exc_info=not hasattr(exc, "code"))
-            text = "".join(pieces)
-            self._record(job, text, first_at, last_at, tokens, None, None, type(exc).__name__, False, prompt_tokens)
+            t, text = tally, "".join(pieces)
+            self._record(
+                job, text, t.first_at, t.last_at, t.tokens, None, None, type(exc).__name__, False, t.prompt_tokens
+            )
             self._answer(job, "error", exc)
         finally:
             self.lease.release()
+
+    def _before_stop(self, matcher: StopMatcher, text: str) -> str:
+        """The part of ``text`` before a stop sequence ("" once one was hit); a hit cancels the generation."""
+        if matcher.hit:
+            return ""
+        text = matcher.feed(text)
+        if matcher.hit:
+            self.stop_hit = True
+            self.cancel.set()
+        return text
+
+    def _finish(self, job: Job, text: str, t: _Tally) -> None:
+        cancelled = t.finish == "cancelled" and not self.stop_hit
+        finish = "stop" if self.stop_hit else t.finish
+        # the record first: once the client has its answer, telemetry and feedback ids are in place
+        self._record(job, text, t.first_at, t.last_at, t.tokens, finish, t.nll, None, cancelled, t.prompt_tokens)
+        self._answer(job, "done", Outcome(text, finish, t.prompt_tokens, t.tokens, cancelled))
 
     def _record(
         self,

@@ -7,10 +7,10 @@ from collections.abc import Iterator
 
 import grpc
 
-from controller import fleet
 from controller.api.convert import device_to_pb, profile_to_pb
-from controller.app import ControllerApp
-from controller.auth import create_enrollment_token
+from controller.core.app import ControllerApp
+from controller.core.auth import create_enrollment_token
+from controller.fleet import devices as fleet
 from shared.pb import admin_pb2, admin_pb2_grpc, common_pb2
 
 _TERMINAL_JOB_STATES = {admin_pb2.JOB_STATE_SUCCEEDED, admin_pb2.JOB_STATE_FAILED, admin_pb2.JOB_STATE_CANCELLED}
@@ -54,7 +54,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
 
     def GetJob(self, request: admin_pb2.GetJobRequest, context: grpc.ServicerContext) -> admin_pb2.Job:
         from controller.factory.pb import job_to_pb
-        from controller.loop import promotion_of
+        from controller.loop.promotion import promotion_of
 
         return job_to_pb(self.app.jobs.get(request.job_id), promotion_of(self.app, request.job_id))
 
@@ -168,7 +168,7 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
 
     def TriggerRetrain(self, request: admin_pb2.TriggerRetrainRequest, context: grpc.ServicerContext) -> admin_pb2.Job:
         from controller.factory.pb import job_to_pb
-        from controller.loop import trigger_retrain
+        from controller.loop.retrain import trigger_retrain
 
         return job_to_pb(trigger_retrain(self.app, request.model_name, request.profile, request.reason))
 

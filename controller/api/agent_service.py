@@ -7,10 +7,10 @@ from collections.abc import Iterator
 
 import grpc
 
-from controller import fleet
 from controller.api.convert import hardware_from_pb, install_state_name, profile_to_pb
-from controller.app import ControllerApp
-from controller.auth import peer_host
+from controller.core.app import ControllerApp
+from controller.core.auth import peer_host
+from controller.fleet import devices as fleet
 from controller.registry.transfer_pb import stream_artifact
 from controller.rollout import engine as rollouts
 from controller.telemetry.ingest import ingest_batch
@@ -116,7 +116,7 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             attempt=request.attempt,
         )
         if self.app.scheduler is not None:  # advance waves now rather than at the next interval
-            from controller.scheduling import ROLLOUT_TICK
+            from controller.scheduler.jobs import ROLLOUT_TICK
 
             self.app.scheduler.wakeup(ROLLOUT_TICK)
         return common_pb2.Ack()

@@ -22,7 +22,7 @@ from typing import Any
 import grpc
 from prometheus_client import Counter, Histogram
 
-from controller.auth import AgentAuthenticator, check_admin
+from controller.core.auth import AgentAuthenticator, check_admin
 from shared.errors import SlmopsError
 
 log = logging.getLogger(__name__)

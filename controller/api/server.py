@@ -11,9 +11,9 @@ import grpc
 from controller.api.admin_service import AdminService
 from controller.api.agent_service import AgentService
 from controller.api.interceptors import ControllerInterceptor
-from controller.app import ControllerApp, build_app
+from controller.core.app import ControllerApp, build_app
+from controller.core.settings import ControllerSettings
 from controller.registry.transfer_pb import add_agent_service
-from controller.settings import ControllerSettings
 from shared.errors import Unavailable
 from shared.pb import admin_pb2_grpc
 
@@ -67,7 +67,7 @@ class ControllerServer:
         return self
 
     def _start_scheduler(self):  # type: ignore[no-untyped-def]
-        from controller.periodic import start_periodic_jobs
+        from controller.scheduler.jobs import start_periodic_jobs
 
         return start_periodic_jobs(self.app)
 

@@ -178,6 +178,6 @@ def revision(args: argparse.Namespace) -> int:
     path = script.path if script is not None and not isinstance(script, list) else "?"
     console.print(
         f"wrote {path}: check it (names, a server_default for a new NOT NULL column), run ruff format on it and "
-        "`pytest tests/unit/store`"
+        "`pytest tests/unit/controller/store`"
     )
     return 0

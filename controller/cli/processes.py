@@ -1,6 +1,6 @@
 """`slmops controller serve` and `slmops agent run`: the two long-running processes.
 
-Each flag sets one field of the process's settings model (controller/settings.py, agent/settings.py); a flag that
+Each flag sets one field of the process's settings model (controller/core/settings.py, agent/settings.py); a flag that
 is not given leaves the field to the environment, the settings file (``--config`` / ``SLMOPS_CONFIG``) or the
 default. Values are validated by the model, whose errors name the flag (or variable, or file) and the field.
 """
@@ -128,7 +128,7 @@ def _print_config(settings: Any) -> int:
 
 
 def controller_serve(args: argparse.Namespace) -> int:
-    from controller.settings import ControllerSettings
+    from controller.core.settings import ControllerSettings
 
     flags, names = _given(args, CONTROLLER_FLAGS)
     settings = ControllerSettings.load(flags, config_file=args.config, flag_names=names)
@@ -139,7 +139,7 @@ def controller_serve(args: argparse.Namespace) -> int:
 
     server = ControllerServer(settings).start()
     if settings.metrics_listen:
-        from controller.metrics import serve_metrics
+        from controller.core.metrics import serve_metrics
 
         port = serve_metrics(server.app, settings.metrics_listen)
         console.print(f"Prometheus metrics on http://{settings.metrics_listen.rsplit(':', 1)[0]}:{port}/metrics")

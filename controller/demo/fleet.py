@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from controller.api.server import ControllerServer
-from controller.auth import create_enrollment_token
 from controller.cli.common import AdminConnection
-from controller.settings import ControllerSettings
+from controller.core.auth import create_enrollment_token
+from controller.core.settings import ControllerSettings
 from shared.errors import Unavailable
 from shared.lifecycle import PARENT_ENV
 from shared.pb import admin_pb2

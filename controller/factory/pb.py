@@ -19,7 +19,7 @@ def job_state_to_pb(state: str) -> int:
 
 
 def job_to_pb(job: Job, promotion: str = "") -> admin_pb2.Job:
-    """``promotion``: the closed loop's decision on a drift-triggered job's result (``controller.loop``)."""
+    """``promotion``: the closed loop's decision on a drift-triggered job's result (``controller.loop.promotion``)."""
     msg = admin_pb2.Job(
         job_id=job.job_id,
         kind=job.kind,

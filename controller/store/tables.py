@@ -1,7 +1,7 @@
 """SQLModel tables: the controller's whole state. Times are unix seconds (float), JSON goes in text columns.
 
 A change here needs its Alembic revision in ``controller/store/migrations/versions/`` (``slmops db revision -m
-"what"`` writes it); tests/unit/store/test_migrations.py fails while the models and the head revision differ.
+"what"`` writes it); tests/unit/controller/store/test_migrations.py fails while the models and the head revision differ.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from controller.cli.main import main
-from controller.tls import load_or_create
+from controller.core.tls import load_or_create
 
 
 def _cli(controller, *args: str) -> list[str]:  # type: ignore[no-untyped-def]

@@ -14,7 +14,7 @@ import pytest
 from agent.client import make_channel
 from agent.daemon import Agent
 from agent.runtime.registry import get_runtime
-from controller.auth import FailureLimiter, peer_host
+from controller.core.auth import FailureLimiter, peer_host
 from shared.errors import PermissionDenied, ResourceExhausted
 from shared.pb import admin_pb2, agent_pb2, agent_pb2_grpc, common_pb2
 from tests.fixtures.controller import admin, agent_settings, new_token

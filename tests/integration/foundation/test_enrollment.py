@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import grpc
 import pytest
 
 from agent.daemon import Agent, enroll_or_load
-from controller.settings import ControllerSettings
+from controller.core.settings import ControllerSettings
+from controller.fleet import devices as fleet
+from controller.store.tables import Device
 from shared.errors import ConfigError, PermissionDenied, Unauthenticated, Unavailable, UnknownProfile
 from shared.hardware import detect
 from shared.pb import admin_pb2, common_pb2
@@ -46,7 +47,13 @@ def test_device_shown_offline_after_deadline(controller_factory, tmp_path: Path)
     agent.heartbeat_once()
     conn = admin(server)
     assert conn("ListDevices", admin_pb2.ListDevicesRequest()).devices[0].status == common_pb2.DEVICE_STATUS_ONLINE
-    time.sleep(1.3)
+    device = fleet.get_device(server.app.store, agent.agent_id)
+    assert fleet.is_online(device, 1, now=device.last_seen + 1.0)
+    assert not fleet.is_online(device, 1, now=device.last_seen + 1.3)
+    with server.app.store.session() as s:  # 1.3 s of silence, without waiting for it
+        row = s.get(Device, agent.agent_id)
+        row.last_seen -= 1.3
+        s.add(row)
     assert conn("ListDevices", admin_pb2.ListDevicesRequest()).devices[0].status == common_pb2.DEVICE_STATUS_OFFLINE
     agent.heartbeat_once()
     assert conn("ListDevices", admin_pb2.ListDevicesRequest()).devices[0].status == common_pb2.DEVICE_STATUS_ONLINE

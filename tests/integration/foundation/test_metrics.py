@@ -7,7 +7,7 @@ from pathlib import Path
 import httpx
 
 from agent.daemon import Agent
-from controller.metrics import serve_metrics
+from controller.core.metrics import serve_metrics
 from tests.fixtures.controller import agent_settings
 
 

@@ -10,15 +10,14 @@ import pytest
 import yaml
 from sqlmodel import select
 
-from controller.loop import (
+from controller.loop.promotion import (
     REGRESSION_TOLERANCE,
-    LoopActions,
     promote_finished_jobs,
     promotion_of,
     regression_tolerance,
-    trigger_retrain,
     variant_verdict,
 )
+from controller.loop.retrain import LoopActions, trigger_retrain
 from controller.registry.registry import VariantSpec
 from controller.rollout import engine as rollouts
 from controller.store.tables import Device, DriftEventRow, Job, SampledPrompt

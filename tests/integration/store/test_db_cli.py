@@ -14,8 +14,8 @@ from controller.cli.main import build_parser, run
 from controller.store import schema
 from controller.store.db import Store
 from tests.fixtures.stores import drop_pg_schema, make_pg_schema, pg_schema_url
-from tests.unit.store.old_runner import make_old_database
-from tests.unit.store.schema_checks import differences
+from tests.unit.controller.store.old_runner import make_old_database
+from tests.unit.controller.store.schema_checks import differences
 
 
 def slmops(*argv: str) -> int:

@@ -9,7 +9,7 @@ from controller.store.tables import Device
 from controller.telemetry.aggregates import fleet_summary, gate_metrics, series
 from controller.telemetry.ingest import ingest_batch
 from shared.telemetry import TelemetryBatchData
-from tests.unit.telemetry.factories import make_window
+from tests.unit.shared.telemetry_factories import make_window
 
 
 def _put(store: Store, agent_id: str, seq: int, *windows: object) -> None:

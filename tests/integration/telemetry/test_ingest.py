@@ -13,7 +13,7 @@ from controller.telemetry.ingest import ingest_batch
 from shared.errors import InvalidArgument, PermissionDenied
 from shared.pb import agent_pb2
 from shared.telemetry import TelemetryBatchData
-from tests.unit.telemetry.factories import make_window
+from tests.unit.shared.telemetry_factories import make_window
 
 
 def _batch(agent_id: str, seq: int, n: int = 2, **window: object) -> agent_pb2.TelemetryBatch:

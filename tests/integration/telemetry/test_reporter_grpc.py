@@ -17,7 +17,7 @@ from controller.store.db import Store
 from controller.store.tables import TelemetryBatchRow, TelemetryWindowRow
 from shared.pb import agent_pb2, agent_pb2_grpc
 from tests.integration.telemetry.conftest import TelemetryServer
-from tests.unit.telemetry.factories import make_window
+from tests.unit.shared.telemetry_factories import make_window
 
 AGENT = "agent-1"
 # Reconnect quickly after the server comes back (the agent's real channel may use longer backoffs).

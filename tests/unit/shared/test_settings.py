@@ -8,7 +8,7 @@ import pytest
 
 from agent.settings import AgentSettings
 from controller.cli.main import main
-from controller.settings import ControllerSettings
+from controller.core.settings import ControllerSettings
 from shared.defaults import DEFAULT_CONTROLLER
 from shared.errors import ConfigError
 

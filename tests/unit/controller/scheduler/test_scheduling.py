@@ -7,17 +7,16 @@ import time
 from collections.abc import Callable
 
 from controller.rollout import RolloutSpec, create_rollout, get_rollout
-from controller.scheduling import (
+from controller.scheduler.jobs import (
     DRIFT_CHECK,
-    JOB_DISPATCH,
+    JOB_PROMOTION,
     ROLLOUT_TICK,
     Intervals,
     rollout_tick_hook,
     start_scheduler,
 )
 from controller.store.db import Store
-
-from .fleet import Fleet
+from tests.unit.controller.rollout.fleet import Fleet
 
 
 def _wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> bool:
@@ -45,15 +44,15 @@ def test_hooks_run_periodically_and_survive_failures() -> None:
     scheduler = start_scheduler(
         rollout_tick=None,
         drift_check=drift,
-        job_dispatch=dispatch,
-        intervals=Intervals(drift_check_s=0.05, job_dispatch_s=3600),
+        job_promotion=dispatch,
+        intervals=Intervals(drift_check_s=0.05, job_promotion_s=3600),
     )
     try:
-        assert scheduler.job_names() == sorted([DRIFT_CHECK, JOB_DISPATCH])
+        assert scheduler.job_names() == sorted([DRIFT_CHECK, JOB_PROMOTION])
         assert _wait_for(lambda: calls["drift"] >= 3), calls
         assert _wait_for(lambda: calls["dispatch"] == 1)  # once at start, then hourly
         woke.clear()
-        assert scheduler.wakeup(JOB_DISPATCH)
+        assert scheduler.wakeup(JOB_PROMOTION)
         assert woke.wait(5) and calls["dispatch"] == 2
         assert not scheduler.wakeup("no-such-job")
         scheduler.run_once("dispatch-one", dispatched.append, "job-7")

@@ -11,7 +11,7 @@ from controller.store import legacy, schema
 from controller.store.db import Store
 from controller.store.tables import Device, RolloutTarget
 from shared.errors import FailedPrecondition
-from tests.unit.store.schema_checks import model_differences
+from tests.unit.controller.store.schema_checks import model_differences
 
 REVISIONS = schema.revisions_between(None, "head")
 

@@ -34,7 +34,7 @@ from controller.drift.registry import (
 )
 from controller.drift.watch import TARGETS, Watch
 from shared.errors import ConfigError
-from tests.unit.drift.streams import EDGES, series
+from tests.unit.controller.drift.streams import EDGES, series
 
 T0 = 1_800_000_000.0
 ALL_OFF = {name: 0 for name in detector_names()}

@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 from agent.telemetry.buffer import TelemetryBuffer
-from tests.unit.telemetry.factories import make_window
+from tests.unit.shared.telemetry_factories import make_window
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[4]
 
 
 def _windows(n: int, tag: float = 0.0) -> list:
@@ -74,7 +74,7 @@ _WRITER = """
 import sys
 from pathlib import Path
 from agent.telemetry.buffer import TelemetryBuffer
-from tests.unit.telemetry.factories import make_window
+from tests.unit.shared.telemetry_factories import make_window
 buf = TelemetryBuffer(Path(sys.argv[1]), max_batches=100000)
 i = 0
 while True:

@@ -36,7 +36,7 @@ from controller.factory.stage import (
 from shared.errors import RecipeError
 from shared.profiles import bundled_profiles_dir, load_profiles
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[4]
 PROFILES = load_profiles(bundled_profiles_dir())
 BASE = {
     "name": "t",

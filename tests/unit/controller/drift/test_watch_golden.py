@@ -17,7 +17,7 @@ import numpy as np
 from controller.drift.config import DriftConfig
 from controller.drift.watch import Finding, Watch
 from controller.store.tables import TelemetryWindowRow
-from tests.unit.drift.streams import series
+from tests.unit.controller.drift.streams import series
 
 GOLDEN = json.loads((Path(__file__).parent / "data" / "watch_golden.json").read_text())
 

@@ -6,11 +6,11 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any
 
-from controller.auth import AgentAuthenticator, FailureLimiter, load_or_create_admin_token
-from controller.catalog import ProfileCatalog
-from controller.settings import ControllerSettings
+from controller.core.auth import AgentAuthenticator, FailureLimiter, load_or_create_admin_token
+from controller.core.settings import ControllerSettings
+from controller.core.tls import TlsMaterial, load_or_create
+from controller.fleet.catalog import ProfileCatalog
 from controller.store.db import Store
-from controller.tls import TlsMaterial, load_or_create
 from shared.manifest import load_or_create_signing_key, public_pem
 
 log = logging.getLogger(__name__)

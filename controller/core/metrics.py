@@ -12,7 +12,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from sqlmodel import func, select
 
-from controller.app import ControllerApp
+from controller.core.app import ControllerApp
 from controller.store.tables import Device, DriftEventRow, Job, Rollout, TelemetryWindowRow
 
 

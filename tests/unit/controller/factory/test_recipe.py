@@ -20,7 +20,7 @@ from controller.store.db import Store
 from shared.errors import RecipeError, SlmopsError, UnsupportedOnThisMachine
 from shared.profiles import DeviceProfile, bundled_profiles_dir, load_profiles
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[4]
 PROFILES = load_profiles(bundled_profiles_dir())
 BASE = {
     "name": "t",

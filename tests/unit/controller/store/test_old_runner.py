@@ -14,8 +14,8 @@ from controller.store.db import Store
 from controller.store.tables import BlobProblem, Device, RolloutTarget, VariantRow
 from shared.errors import FailedPrecondition
 from tests.fixtures.stores import drop_pg_schema, make_pg_schema, pg_schema_url
-from tests.unit.store.old_runner import HISTORIES, REVISION_OF, make_old_database
-from tests.unit.store.schema_checks import differences, model_differences, reflected
+from tests.unit.controller.store.old_runner import HISTORIES, REVISION_OF, make_old_database
+from tests.unit.controller.store.schema_checks import differences, model_differences, reflected
 
 
 @pytest.mark.parametrize("history", list(HISTORIES))

@@ -19,7 +19,7 @@ from controller.store.db import Store
 from controller.store.tables import Baseline, DetectorState, DriftEventRow, KeyValue, TelemetryWindowRow
 from shared.errors import FailedPrecondition
 from shared.profiles import DeviceProfile
-from tests.unit.drift.streams import EDGES, RecordingActions, series, store_windows
+from tests.unit.controller.drift.streams import EDGES, RecordingActions, series, store_windows
 
 T0 = 1_800_000_000.0  # 2027-01-15 08:00 UTC
 

@@ -18,7 +18,7 @@ from shared.telemetry import (
     batch_from_pb,
     window_from_pb,
 )
-from tests.unit.telemetry.factories import make_window
+from tests.unit.shared.telemetry_factories import make_window
 
 
 def test_round_trip_keeps_every_field() -> None:

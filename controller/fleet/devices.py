@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from sqlmodel import Session, select
 
-from controller.auth import digest, use_enrollment_token
+from controller.core.auth import digest, use_enrollment_token
 from controller.store.db import Store
 from controller.store.tables import Device
 from shared.errors import InvalidArgument, NotFound, PermissionDenied

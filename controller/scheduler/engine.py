@@ -1,10 +1,9 @@
-"""The controller's periodic jobs, on one APScheduler 3.x ``BackgroundScheduler``.
+"""The scheduler the controller's periodic jobs run on: one APScheduler 3.x ``BackgroundScheduler``.
 
-Registered at controller start: the rollout tick, the device offline sweep, the drift check and the job
-dispatcher. Each is a plain callable with no arguments (bind its store/handles with ``functools.partial``);
-the scheduler calls it through the module-level :func:`run_hook`, which logs failures so one bad run does
-not stop later ones. Jobs live in memory only: what they act on lives in the database, so a restarted
-controller re-registers them and carries on (each runs once right at start).
+Each job is a plain callable with no arguments (bind its store/handles with ``functools.partial``); the
+scheduler calls it through the module-level :func:`run_hook`, which logs failures so one bad run does not stop
+later ones. Jobs live in memory only: what they act on lives in the database, so a restarted controller
+re-registers them and carries on (each runs once right at start). Which jobs exist is :mod:`controller.scheduler.jobs`.
 
 Every job has ``max_instances=1`` and ``coalesce=True``: a slow run is never overlapped by the next one of
 the same job, and missed runs collapse into one. Different jobs run in parallel on a small thread pool.
@@ -17,7 +16,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -28,21 +26,6 @@ log = logging.getLogger(__name__)
 
 Hook = Callable[[], object]
 _MAX_RERUNS = 5
-
-ROLLOUT_TICK = "rollout-tick"
-OFFLINE_SWEEP = "device-offline-sweep"
-DRIFT_CHECK = "drift-check"
-JOB_DISPATCH = "job-dispatch"
-
-
-@dataclass(frozen=True)
-class Intervals:
-    """Seconds between runs of each periodic job."""
-
-    rollout_tick_s: float = 5.0
-    offline_sweep_s: float = 15.0
-    drift_check_s: float = 60.0
-    job_dispatch_s: float = 2.0
 
 
 def run_hook(name: str, hook: Hook, again: threading.Event | None = None) -> None:
@@ -122,39 +105,3 @@ class ControllerScheduler:
         if self._scheduler.running:
             self._scheduler.shutdown(wait=wait)
             log.info("scheduler stopped")
-
-
-def start_scheduler(
-    *,
-    rollout_tick: Hook | None,
-    offline_sweep: Hook | None = None,
-    drift_check: Hook | None = None,
-    job_dispatch: Hook | None = None,
-    intervals: Intervals = Intervals(),
-    start: bool = True,
-) -> ControllerScheduler:
-    """Register the controller's periodic jobs (those given) and start the scheduler.
-
-    Wire them like ``rollout_tick=rollout_tick_hook(store)``,
-    ``offline_sweep=functools.partial(sweep_offline, store)``.
-    """
-    scheduler = ControllerScheduler()
-    jobs = (
-        (ROLLOUT_TICK, rollout_tick, intervals.rollout_tick_s),
-        (OFFLINE_SWEEP, offline_sweep, intervals.offline_sweep_s),
-        (DRIFT_CHECK, drift_check, intervals.drift_check_s),
-        (JOB_DISPATCH, job_dispatch, intervals.job_dispatch_s),
-    )
-    for name, hook, every_s in jobs:
-        if hook is not None:
-            scheduler.add_interval(name, hook, every_s)
-    if start:
-        scheduler.start()
-    return scheduler
-
-
-def rollout_tick_hook(store: Any, gate_metrics: Callable[..., dict[str, Any]] | None = None) -> Hook:
-    """The rollout tick bound to a store (and optionally a gate-metrics function)."""
-    from controller.rollout.ticker import tick
-
-    return functools.partial(tick, store, gate_metrics=gate_metrics)

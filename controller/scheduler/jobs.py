@@ -1,0 +1,102 @@
+"""The controller's periodic jobs: their names and intervals, and each one bound to the app at start.
+
+- ``rollout-tick``: advance every active rollout (waves, gates, rollback; ``controller.rollout.ticker``);
+  the agent servicer wakes it early after an install report.
+- ``drift-check``: run the drift detectors over new telemetry and act on events (``controller.drift.monitor``,
+  actions from ``controller.loop.retrain``).
+- ``job-promotion``: roll out, as canaries, the versions that finished drift-triggered jobs published
+  (``controller.loop.promotion``).
+
+They run on :class:`~controller.scheduler.engine.ControllerScheduler`.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from controller.scheduler.engine import ControllerScheduler, Hook
+
+if TYPE_CHECKING:
+    from controller.core.app import ControllerApp
+
+log = logging.getLogger(__name__)
+
+ROLLOUT_TICK = "rollout-tick"
+DRIFT_CHECK = "drift-check"
+JOB_PROMOTION = "job-promotion"
+
+
+@dataclass(frozen=True)
+class Intervals:
+    """Seconds between runs of each periodic job."""
+
+    rollout_tick_s: float = 5.0
+    drift_check_s: float = 60.0
+    job_promotion_s: float = 2.0
+
+
+def start_scheduler(
+    *,
+    rollout_tick: Hook | None,
+    drift_check: Hook | None = None,
+    job_promotion: Hook | None = None,
+    intervals: Intervals = Intervals(),
+    start: bool = True,
+) -> ControllerScheduler:
+    """Register the controller's periodic jobs (those given) and start the scheduler.
+
+    Wire them like ``rollout_tick=rollout_tick_hook(store)``, ``drift_check=functools.partial(drift_step, app)``.
+    """
+    scheduler = ControllerScheduler()
+    jobs = (
+        (ROLLOUT_TICK, rollout_tick, intervals.rollout_tick_s),
+        (DRIFT_CHECK, drift_check, intervals.drift_check_s),
+        (JOB_PROMOTION, job_promotion, intervals.job_promotion_s),
+    )
+    for name, hook, every_s in jobs:
+        if hook is not None:
+            scheduler.add_interval(name, hook, every_s)
+    if start:
+        scheduler.start()
+    return scheduler
+
+
+def rollout_tick_hook(store: Any, gate_metrics: Callable[..., dict[str, Any]] | None = None) -> Hook:
+    """The rollout tick bound to a store (and optionally a gate-metrics function)."""
+    from controller.rollout.ticker import tick
+
+    return functools.partial(tick, store, gate_metrics=gate_metrics)
+
+
+def drift_step(app: ControllerApp) -> None:
+    from controller.drift.monitor import run_drift_check
+    from controller.loop.retrain import LoopActions
+
+    run_drift_check(app.store, app.catalog.all(), LoopActions(app))
+
+
+def promotion_step(app: ControllerApp) -> None:
+    """Promote finished drift-triggered builds to canary rollouts (see controller/loop/promotion.py)."""
+    from controller.loop.promotion import promote_finished_jobs
+
+    promote_finished_jobs(app)
+
+
+def start_periodic_jobs(app: ControllerApp) -> ControllerScheduler:
+    s = app.settings
+    scheduler = start_scheduler(
+        rollout_tick=rollout_tick_hook(app.store),
+        drift_check=functools.partial(drift_step, app),
+        job_promotion=functools.partial(promotion_step, app),
+        intervals=Intervals(
+            rollout_tick_s=s.scheduler_interval_s,
+            drift_check_s=s.drift_interval_s,
+            job_promotion_s=s.scheduler_interval_s,
+        ),
+    )
+    app.scheduler = scheduler
+    return scheduler
