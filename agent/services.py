@@ -21,6 +21,7 @@ from agent.client import ControllerClient
 from agent.health import MIN_GOLDEN, golden_window, run_health_check
 from agent.identity import Identity
 from agent.install.grpc_fetch import grpc_fetch
+from agent.install.http_fetch import FallbackFetch, HttpFetch, grpc_urls
 from agent.install.integrity import AT_START, IN_SCRUB, IntegrityGuard, ScrubSchedule
 from agent.install.machine import InstallMachine
 from agent.install.pb import state_to_pb, transition_to_pb
@@ -88,7 +89,7 @@ class AgentServices:
         self._stop = threading.Event()
         self.machine = InstallMachine(
             self.data_dir / "install",
-            grpc_fetch(client.channel, client.metadata),
+            self._fetch(identity),
             identity.manifest_public_key_pem.encode(),
             self._activate,
             self._health_check,
@@ -104,6 +105,17 @@ class AgentServices:
         self._manifests: dict[Path, Manifest] = {}
         self._desired: queue.Queue[agent_pb2.DesiredModel | None] = queue.Queue()
         self._threads: list[threading.Thread] = []
+
+    def _fetch(self, identity: Identity) -> FallbackFetch:
+        """Artifact bytes over HTTP(S) when the controller offers URLs, else over gRPC DownloadArtifact."""
+        client = self.client
+        over_http = HttpFetch(
+            grpc_urls(client.channel, client.metadata),
+            self._agent_id,
+            identity.ca_pem.encode() or None,
+            controller_host=client.address.rsplit(":", 1)[0].strip("[]"),
+        )
+        return FallbackFetch(over_http, grpc_fetch(client.channel, client.metadata))
 
     # --- lifecycle -------------------------------------------------------------------------------------
     def start(self) -> None:

@@ -1,4 +1,4 @@
-"""Rollout benchmark, transfer part: artifact download through gRPC against raw loopback TCP, in one run.
+"""Rollout benchmark, transfer part: artifact download over HTTP(S) and gRPC against raw loopback TCP, in one run.
 
 ``python bench/rollout.py [--size-mb 100] [--agents 20] [--repeats 7] [--slots 4] [--no-malloc-tuning]``
 ``python bench/rollout.py --quick``: only the one-agent comparison (no protobuf server, no fleet), 5 repeats.
@@ -23,8 +23,14 @@
    blob at once through the controller's download gate, while this process calls a cheap unary RPC in a
    loop: total time, aggregate throughput, and that RPC's p50/p99 latency idle and during the downloads.
 
-The last line printed is one JSON object with ``transfer_vs_tcp`` (best gRPC run / best file-to-file TCP run;
-``transfer_vs_tcp_pairs_median`` is the median of back-to-back pairs) and the figures.
+4. HTTP(S) byte path (bench/rollout_http.py): ``transfer_vs_tcp`` is the best HTTPS download through the
+   controller's artifact server / the best raw TCP file-to-file run, with the SAME fsync policy on both sides
+   (writeback every 8 MiB + fsync at the end; printed); ``transfer_vs_tcp_insecure`` the same over plain HTTP
+   (sendfile). ``http_fleet``: ``--agents`` HTTPS downloads at once vs as many raw TCP ones
+   (``fleet_aggregate_vs_tcp``), and the controller's unary RPC p99 during them / idle (``rpc_p99_during_vs_idle``).
+
+The last line printed is one JSON object. ``grpc_transfer_vs_tcp`` is the best gRPC run / best file-to-file TCP
+run (``transfer_vs_tcp_pairs_median``, ``_memory`` and ``_durable`` are gRPC figures too) and ``fleet`` the gRPC fleet.
 The functions are reusable for a full rollout through the real controller.
 """
 
@@ -57,6 +63,7 @@ from shared.manifest import FileEntry  # noqa: E402
 from shared.pb import agent_pb2, agent_pb2_grpc  # noqa: E402
 
 sys.path.insert(0, str(REPO / "bench"))
+import rollout_http  # noqa: E402
 from transfer_baselines import (  # noqa: E402
     MB,
     bare_grpc_transfer,
@@ -283,6 +290,8 @@ def run(args: argparse.Namespace) -> dict:
         if pb_channel is not None:
             pb_channel.close()
         idle = idle_rpc(grpc_addr)
+        helpers = {"spawn": _spawn, "probe_rpc": probe_rpc, "percentile": percentile, "agent_channel": agent_channel}
+        hx = rollout_http.measure(helpers, entry, args.repeats, args.agents, work, tcp_addr)
         fleet_figures = (
             concurrent_downloads(grpc_addr, entry, args.agents, work / "fleet", tuned) if args.agents else {}
         )
@@ -294,7 +303,21 @@ def run(args: argparse.Namespace) -> dict:
     pair_ratios = [g / t for g, t in zip(grpc_runs, tcp_runs, strict=True)]
     return {
         # Best run against best run: the most either achieved on this machine in this run.
-        "transfer_vs_tcp": round(grpc_best / tcp_best, 3),
+        "transfer_vs_tcp": hx["https_vs_tcp"],  # HTTPS byte path vs raw TCP, same fsync policy (rollout_http.py)
+        "transfer_vs_tcp_insecure": hx["http_plain_vs_tcp"],
+        "fsync_policy": rollout_http.FSYNC_POLICY,
+        "fleet_aggregate_vs_tcp": round(hx["fleet"]["aggregate_mb_s"] / hx["fleet"]["tcp"]["aggregate_mb_s"], 3)
+        if args.agents
+        else None,
+        "fleet_aggregate_vs_tcp_insecure": round(
+            hx["fleet"]["insecure"]["aggregate_mb_s"] / hx["fleet"]["tcp"]["aggregate_mb_s"], 3
+        )
+        if args.agents
+        else None,
+        "rpc_p99_during_vs_idle": hx["fleet"]["rpc_p99_during_vs_idle"] if args.agents else None,
+        "http": {k: v for k, v in hx.items() if k != "fleet"},
+        "http_fleet": hx.get("fleet", {}),
+        "grpc_transfer_vs_tcp": round(grpc_best / tcp_best, 3),
         # Median over back-to-back (TCP, gRPC) pairs: another view when the machine's load drifts.
         "transfer_vs_tcp_pairs_median": round(statistics.median(pair_ratios), 3),
         "transfer_vs_tcp_memory": round(grpc_best / tcp_mem, 3),
@@ -339,6 +362,8 @@ def run(args: argparse.Namespace) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "http":
+        return rollout_http.main(argv[1:])
     if argv and argv[0] == "serve-tcp":
         return serve_tcp(Path(argv[1]))
     if argv and argv[0] == "serve-blobs":
@@ -362,24 +387,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.agents, args.repeats = 0, min(args.repeats, 5)
     figures = run(args)
-    fl = figures["fleet"]
-    print(
-        f"one agent: gRPC {figures['grpc_mb_s']} MB/s, TCP file-to-file {figures['tcp_file_mb_s']} MB/s, "
-        f"TCP memory {figures['tcp_memory_mb_s']} MB/s -> transfer_vs_tcp {figures['transfer_vs_tcp']}; "
-        f"local write + fsync {figures['durable_write_mb_s']} MB/s"
-    )
-    print(
-        f"ceilings: bare grpcio stream {figures['grpc_bare_mb_s']} MB/s = {figures['grpc_bare_vs_tcp_memory']} of "
-        f"TCP memory, {figures['grpc_bare_vs_tcp']} of TCP file-to-file (the download keeps "
-        f"{figures['transfer_vs_grpc_bare']} of it); TCP + fsync "
-        f"{figures['tcp_durable_mb_s']} MB/s ({figures['tcp_durable_vs_tcp']} of TCP without) -> "
-        f"transfer_vs_tcp_durable {figures['transfer_vs_tcp_durable']}"
-    )
-    if fl:
-        print(
-            f"{fl['agents']} agents x {figures['blob_mb']} MB: {fl['total_s']} s ({fl['aggregate_mb_s']} MB/s), "
-            f"errors {fl['errors']}; unary RPC p99 {fl['rpc_p99_ms']} ms during vs {figures['idle_rpc_p99_ms']} ms idle"
-        )
+    rollout_http.print_summary(figures)
     print(json.dumps(figures))
 
 

@@ -44,6 +44,7 @@ from shared.pb import agent_pb2, agent_pb2_grpc  # noqa: E402
 from shared.telemetry import TelemetryWindowData  # noqa: E402
 
 log = logging.getLogger("bench.telemetry")
+CHANNEL_OPTIONS: list[tuple[str, object]] = []  # of the load generator's channels (round_robin for replicas)
 
 
 # --- controller side (stand-in until the real server takes this bench) ----------------------------------
@@ -66,6 +67,7 @@ class _TelemetryServicer(agent_pb2_grpc.AgentServiceServicer):
 def serve(db_url: str, port: int, workers: int) -> None:
     """Child process: serve ReportTelemetry until stdin closes."""
     from controller.store.db import Store
+    from controller.telemetry import ingest  # noqa: F401 - imported now, not in the first RPC (as in a controller)
 
     store = Store(db_url)
     server = grpc.server(
@@ -211,7 +213,9 @@ async def run_load(
 ) -> LoadResult:
     """Drive ``agents`` against ``target`` for ``duration_s``, then let each drain what it still holds."""
     result = LoadResult()
-    chans = [grpc.aio.insecure_channel(target) for _ in range(min(channels, len(agents)))]
+    chans = [grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS) for _ in range(min(channels, len(agents)))]
+    # Connected first (agents hold long-lived connections): the latencies are of RPCs, not of TCP/HTTP2 setup.
+    await asyncio.wait_for(asyncio.gather(*(c.channel_ready() for c in chans)), timeout=30)
     stubs = [agent_pb2_grpc.AgentServiceStub(c) for c in chans]
     stop_at = time.time() + duration_s
     tasks = [
@@ -294,6 +298,9 @@ def main() -> None:
     p.add_argument("--db", help="database URL (the bench server's store, or the target's, for the counts)")
     p.add_argument("--workers", type=int, default=16, help="bench server thread pool")
     p.add_argument("--no-detectors", action="store_true")
+    p.add_argument("--no-held", action="store_true", help="skip agents_held_1/2 (1 vs 2 replicas, PostgreSQL)")
+    p.add_argument("--held-cap", type=int, default=1600, help="most agents the held search tries (default 1600)")
+    p.add_argument("--held-duration", type=float, default=15.0, help="seconds of load per size in the search")
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -363,6 +370,11 @@ def main() -> None:
         f"server CPU {figures['server_cpu_ms_per_rpc']} ms/rpc  load avg {figures['load_avg_1m']}"
     )
     figures["detectors"] = {} if args.no_detectors else _detectors()
+    if not args.no_held:
+        from telemetry_held import DEFAULT_PG, held_figures
+
+        pg = args.db if args.db and args.db.startswith("postgres") else DEFAULT_PG
+        figures.update(held_figures(pg, 50, args.held_cap, args.held_duration, args.workers))
     tmp.cleanup()
     print(json.dumps(figures))
 

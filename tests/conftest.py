@@ -20,6 +20,7 @@ pytest_plugins = [
     "tests.fixtures.tiny_models",
     "tests.fixtures.serving",
     "tests.fixtures.controller",
+    "tests.fixtures.s3",
 ]
 
 

@@ -105,6 +105,22 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
         report = verify_registry(app.store, app.blobs, app.manifest_public_pem, request.name, request.version)
         return verify_report_to_pb(report)
 
+    def PruneBlobs(
+        self, request: admin_pb2.PruneBlobsRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.PruneBlobsResponse:
+        from controller.registry.prune import DEFAULT_MIN_AGE_S, prune
+
+        min_age = request.min_age_s or DEFAULT_MIN_AGE_S
+        r = prune(self.app.store, self.app.blobs, request.keep, request.dry_run, min_age)
+        removed = [admin_pb2.PrunedBlob(sha256=b.sha256, size=b.size) for b in r.removed]
+        return admin_pb2.PruneBlobsResponse(
+            removed=removed,
+            kept=r.kept,
+            bytes_freed=r.bytes_freed,
+            removed_versions=r.removed_versions,
+            dry_run=r.dry_run,
+        )
+
     # --- rollouts --------------------------------------------------------------------------------------
     def CreateRollout(
         self, request: admin_pb2.CreateRolloutRequest, context: grpc.ServicerContext
@@ -177,3 +193,10 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
 
         report = render_report(self.app.store, request.since_s or 24 * 3600, request.html, request.png)
         return admin_pb2.ReportResponse(summary_text=report.summary_text, html=report.html or b"", pngs=report.pngs)
+
+    def ControllerStatus(
+        self, request: admin_pb2.ControllerStatusRequest, context: grpc.ServicerContext
+    ) -> admin_pb2.ControllerStatusResponse:
+        from controller.scheduler.status import controller_status_pb
+
+        return controller_status_pb(self.app.store, self.app.settings.replica_id)

@@ -101,6 +101,21 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
             wire=True,
         )
 
+    def GetArtifactUrls(
+        self, request: agent_pb2.ArtifactUrlsRequest, context: grpc.ServicerContext
+    ) -> agent_pb2.ArtifactUrlsResponse:
+        agent_id = _caller(context, "")
+        urls = self.app.extras.get("artifact_urls")
+        if urls is None:  # no byte path on this controller: the agent falls back to DownloadArtifact
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, "this controller serves artifacts over gRPC only")
+        if len(request.sha256) > 1000 or any(len(sha) != 64 for sha in request.sha256):
+            raise InvalidArgument("ask for at most 1000 digests, each 64 hex characters")
+        response = agent_pb2.ArtifactUrlsResponse()
+        for sha in request.sha256:
+            url, expires = urls.url_for(agent_id, sha.lower())
+            response.urls.add(sha256=sha, url=url, expires_unix=expires)
+        return response
+
     def ReportInstall(self, request: agent_pb2.InstallReport, context: grpc.ServicerContext) -> common_pb2.Ack:
         agent_id = _caller(context, request.agent_id)
         rollouts.on_install_report(

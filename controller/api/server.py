@@ -37,6 +37,7 @@ class ControllerServer:
         self._server: grpc.Server | None = None
         self._scheduler = None
         self.port = 0
+        self.artifacts = None  # the HTTP(S) artifact server (controller/registry/http_artifacts.py)
         self._stopped = threading.Event()
 
     def start(self) -> ControllerServer:
@@ -49,12 +50,15 @@ class ControllerServer:
         # DownloadArtifact sends pre-encoded chunk messages (one copy from the blob file into the wire bytes)
         add_agent_service(AgentService(app), server)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminService(app), server)
+        self._start_artifacts()
         if app.tls is None:
             port = server.add_insecure_port(self.settings.listen)
         else:
             creds = grpc.ssl_server_credentials([(app.tls.server_key_pem, app.tls.server_cert_pem)])
             port = server.add_secure_port(self.settings.listen, creds)
         if port == 0:
+            if self.artifacts is not None:
+                self.artifacts.stop()
             raise Unavailable(f"cannot listen on {self.settings.listen}: address in use or not local")
         server.start()
         self._server, self.port = server, port
@@ -66,10 +70,35 @@ class ControllerServer:
         log.info("controller listening on %s (%s), data in %s", self.address, mode, self.settings.data_dir)
         return self
 
+    def _start_artifacts(self) -> None:
+        """The byte path: GET /v1/artifacts/<sha256> over HTTPS (same certificate as gRPC; HTTP with --insecure)."""
+        if self.app.blobs is None:
+            return
+        from controller.registry.http_artifacts import (
+            ArtifactHttpServer,
+            ArtifactUrls,
+            public_url,
+            server_tls_context,
+        )
+        from controller.registry.urltokens import UrlTokens, load_or_create_key
+
+        s, tls = self.settings, self.app.tls
+        host, _, port = (s.artifact_listen or f"{s.listen.rsplit(':', 1)[0]}:0").rpartition(":")
+        context = None if tls is None else server_tls_context(tls.server_cert_pem, tls.server_key_pem)
+        tokens = UrlTokens(load_or_create_key(s.data_dir, s.artifact_token_key))
+        try:
+            self.artifacts = ArtifactHttpServer((host.strip("[]"), int(port)), self.app.blobs, tokens, context)
+        except OSError as exc:
+            raise Unavailable(f"cannot listen for artifacts on {host}:{port}: {exc.strerror}") from exc
+        base = public_url((host, self.artifacts.port), tls is not None, s.artifact_public_url)
+        self.app.extras["artifact_urls"] = ArtifactUrls(self.app.blobs, tokens, base)
+        self.artifacts.start()
+        log.info("artifacts served at %s/v1/artifacts/", base)
+
     def _start_scheduler(self):  # type: ignore[no-untyped-def]
         from controller.scheduler.jobs import start_periodic_jobs
 
-        return start_periodic_jobs(self.app)
+        return start_periodic_jobs(self.app, self.address)
 
     @property
     def address(self) -> str:
@@ -84,6 +113,8 @@ class ControllerServer:
             self._scheduler.shutdown(wait=False)
         if self._server is not None:
             self._server.stop(grace).wait()
+        if self.artifacts is not None:
+            self.artifacts.stop()
         self.app.close()
         log.info("controller stopped")
 

@@ -1,4 +1,4 @@
-"""`slmops models list|show NAME:VERSION|verify [NAME[:VERSION]]`."""
+"""`slmops models list|show NAME:VERSION|verify [NAME[:VERSION]]|prune [--keep N] [--dry-run]`."""
 
 from __future__ import annotations
 
@@ -32,6 +32,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait (large registries take long)")
     add_connection_flags(p)
     p.set_defaults(func=models_verify)
+    p = models.add_parser(
+        "prune",
+        help="remove blobs no kept version references (never one a device runs or a rollback needs)",
+    )
+    p.add_argument("--keep", type=int, default=0, help="newest versions to keep per model (default 0: all)")
+    p.add_argument("--dry-run", action="store_true", help="list what would be removed; remove nothing")
+    p.add_argument("--min-age", type=int, default=3600, help="never remove a blob stored less than S seconds ago")
+    add_connection_flags(p)
+    p.set_defaults(func=models_prune)
 
 
 def parse_ref(text: str):  # type: ignore[no-untyped-def]
@@ -106,3 +115,19 @@ def models_verify(args: argparse.Namespace) -> int:
         "restore the files from the build output (or republish the version); agents refuse what fails its check"
     )
     return 1
+
+
+def models_prune(args: argparse.Namespace) -> int:
+    from shared.pb import admin_pb2
+
+    if args.keep < 0:
+        raise InvalidArgument(f"--keep {args.keep}: give 0 (keep every version) or more")
+    request = admin_pb2.PruneBlobsRequest(keep=args.keep, dry_run=args.dry_run, min_age_s=max(1, args.min_age))
+    result = connect(args)("PruneBlobs", request, timeout=3600.0)
+    verb = "would remove" if result.dry_run else "removed"
+    for ref in result.removed_versions:
+        console.print(f"{verb} version {ref}")
+    for blob in result.removed:  # whole digests, one a line (no table: narrow terminals would cut them)
+        console.print(f"{verb} blob {blob.sha256} ({blob.size} bytes)", soft_wrap=True)
+    console.print(f"{verb} {len(result.removed)} blob(s), {result.bytes_freed / 1e6:.1f} MB; kept {result.kept}")
+    return 0

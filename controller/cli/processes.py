@@ -104,6 +104,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = ctl.add_parser("serve", help="run the controller's gRPC server, scheduler and job workers")
     _add_flags(p, CONTROLLER_FLAGS)
     p.set_defaults(func=controller_serve)
+    p = ctl.add_parser("status", help="the controller replicas on this database, the leader, their heartbeats")
+    from controller.cli.common import add_connection_flags
+
+    add_connection_flags(p)
+    p.set_defaults(func=controller_status)
 
     agt = sub.add_parser("agent", help="the edge agent").add_subparsers(dest="action", required=True)
     p = agt.add_parser("run", help="enroll (first run), then heartbeat, install, serve and report")
@@ -145,6 +150,26 @@ def controller_serve(args: argparse.Namespace) -> int:
         console.print(f"Prometheus metrics on http://{settings.metrics_listen.rsplit(':', 1)[0]}:{port}/metrics")
     console.print(f"controller ready on {server.address}; admin token in {settings.admin_token_path}")
     return _run_until_signal(server.wait, server.stop)
+
+
+def controller_status(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    from controller.cli.common import ago, connect
+    from controller.cli.common import console as out
+    from shared.pb import admin_pb2
+
+    r = connect(args)("ControllerStatus", admin_pb2.ControllerStatusRequest())
+    table = Table(title=f"{len(r.replicas)} controller replica(s) on {r.database}")
+    for col in ("replica", "address", "role", "status", "last heartbeat", "started"):
+        table.add_column(col)
+    for x in r.replicas:
+        role = "[bold green]leader[/]" if x.replica_id == r.leader else "follower"
+        status = "[green]alive[/]" if x.alive else "[red]gone[/]"
+        table.add_row(x.replica_id, x.address or "-", role, status, ago(x.last_seen), ago(x.started_at))
+    out.print(table)
+    out.print(f"leader: {r.leader or 'none (a replica takes over within 15 s)'}; answered by {r.answered_by}")
+    return 0
 
 
 def agent_run(args: argparse.Namespace) -> int:

@@ -10,7 +10,7 @@ from controller.core.auth import AgentAuthenticator, FailureLimiter, load_or_cre
 from controller.core.settings import ControllerSettings
 from controller.core.tls import TlsMaterial, load_or_create
 from controller.fleet.catalog import ProfileCatalog
-from controller.store.db import Store
+from controller.store.db import Store, hold_sqlite_lock
 from shared.manifest import load_or_create_signing_key, public_pem
 
 log = logging.getLogger(__name__)
@@ -39,9 +39,26 @@ class ControllerApp:
         if self.jobs is not None:
             self.jobs.stop()
         self.store.close()
+        lock = self.extras.pop("controller_lock", None)
+        if lock is not None:
+            lock.close()  # SQLite: another controller may start on this database now
 
 
 def build_app(settings: ControllerSettings) -> ControllerApp:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    lock = hold_sqlite_lock(settings.database_url)  # SQLite: one controller process per database
+    try:
+        app = _build_app(settings)
+    except BaseException:
+        if lock is not None:
+            lock.close()
+        raise
+    if lock is not None:
+        app.extras["controller_lock"] = lock
+    return app
+
+
+def _build_app(settings: ControllerSettings) -> ControllerApp:
     data = settings.data_dir
     data.mkdir(parents=True, exist_ok=True)
     store = Store(settings.database_url)
@@ -69,13 +86,14 @@ def build_app(settings: ControllerSettings) -> ControllerApp:
 def _attach_factory(app: ControllerApp) -> None:
     """Registry, blob store and job manager (imported here: they pull in the training stack lazily)."""
     from controller.factory.jobs import JobManager
-    from controller.registry.blobs import BlobStore
+    from controller.registry.blobstore import build_blob_store, write_config
     from controller.registry.registry import Registry
     from controller.registry.transfer import DownloadGate
 
-    app.blobs = BlobStore(app.settings.data_dir / "artifacts")
+    app.blobs = build_blob_store(app.settings)
+    write_config(app.settings)  # build workers publish to the same store
     # A quarter of the RPC threads stream downloads, a quarter wait: heartbeats always find a thread.
     quarter = max(1, app.settings.grpc_workers // 4)
     app.download_gate = DownloadGate(slots=min(app.settings.max_downloads, quarter), max_waiting=quarter)
     app.registry = Registry(app.store, app.blobs, app.signing_key)
-    app.jobs = JobManager(app.store, app.settings.data_dir, app.catalog)
+    app.jobs = JobManager(app.store, app.settings.data_dir, app.catalog, replica_id=app.settings.replica_id)

@@ -53,6 +53,25 @@ class FleetCollector(Collector):
             g.add_metric([profile, kind], n)
         yield g
         yield GaugeMetricFamily("slmops_telemetry_windows", "Telemetry windows stored", value=windows)
+        yield from self._replicas()
+
+    def _replicas(self) -> Iterator[GaugeMetricFamily]:
+        """``slmops_leader`` (1 while this replica runs the periodic work) and every replica's heartbeat."""
+        from controller.scheduler.leader import list_replicas
+
+        elector = getattr(self.app.scheduler, "elector", None)
+        leading = elector.is_leader if elector is not None else self.app.scheduler is not None
+        yield GaugeMetricFamily(
+            "slmops_leader", "1 while this controller replica leads the periodic work", value=int(leading)
+        )
+        g = GaugeMetricFamily(
+            "slmops_replica_last_seen_seconds",
+            "Unix time of each controller replica's last heartbeat",
+            labels=["replica", "leader"],
+        )
+        for r in list_replicas(self.app.store):
+            g.add_metric([r.replica_id, "true" if r.is_leader else "false"], r.last_seen)
+        yield g
 
 
 def serve_metrics(app: ControllerApp, listen: str) -> int:

@@ -9,8 +9,10 @@ settable from the environment as ``SLMOPS_<FIELD>`` (``SLMOPS_HEARTBEAT_INTERVAL
 
 from __future__ import annotations
 
+import os
+import socket
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -58,6 +60,22 @@ class ControllerSettings(LayeredSettings):
     # refused with RESOURCE_EXHAUSTED until the window has passed.
     enroll_failure_limit: int = Field(10, ge=1)
     enroll_failure_window_s: float = Field(60.0, gt=0)
+    # Artifact bytes over HTTP(S) (GET /v1/artifacts/<sha256>, same CA as gRPC). Empty: the gRPC listen host on
+    # an ephemeral port (demo and tests need no config); a fixed HOST:PORT (e.g. 0.0.0.0:50052) for deployments.
+    artifact_listen: OptionalAddress = ""
+    # Base URL agents are given (a load balancer in front); empty: derived from the bound address.
+    artifact_public_url: str = ""
+    # HMAC key of the artifact URL tokens; replicas must share it. Empty: <data_dir>/artifact_token.key.
+    artifact_token_key: str = secret()
+    # This process's name among controller replicas on one PostgreSQL database (default HOSTNAME-PID).
+    replica_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}", min_length=1)
+    # Where blobs (model files) live: "file" (<data_dir>/artifacts) or "s3" (any S3-compatible store; credentials
+    # from the standard AWS variables / boto3's default chain).
+    blob_store: Literal["file", "s3"] = "file"
+    s3_bucket: str = ""
+    s3_prefix: str = "slmops/blobs"
+    s3_endpoint_url: str = ""  # empty: AWS itself
+    s3_region: str = ""
 
     @field_validator("loop_waves")
     @classmethod

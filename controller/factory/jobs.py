@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import socket
 import threading
 import time
 import uuid
@@ -30,7 +31,7 @@ from controller.factory.plan import expand_recipe
 from controller.factory.recipe import apply_overrides, dump_recipe, load_recipe
 from controller.factory.worker import WorkerArgs, data_paths, run_job
 from controller.store.db import Store
-from controller.store.tables import Job
+from controller.store.tables import ControllerReplica, Job
 from shared.errors import InvalidArgument, NotFound
 from shared.profiles import DeviceProfile
 
@@ -38,6 +39,35 @@ log = logging.getLogger(__name__)
 
 FINAL_STATES = ("SUCCEEDED", "FAILED", "CANCELLED")
 KINDS = ("build", "retrain", "reoptimize")
+# A replica whose heartbeat is older than this is gone: the jobs it claimed are failed by the next recover().
+REPLICA_ALIVE_S = 30.0
+
+
+def claim_next_job(store: Store, replica_id: str) -> Job | None:
+    """Claim the oldest QUEUED job for ``replica_id``: RUNNING and ``claimed_by`` in one transaction.
+
+    On PostgreSQL the row is selected ``FOR UPDATE SKIP LOCKED``, so replicas racing for the queue each get a
+    different job and none twice; SQLite (one controller process) ignores the clause and relies on the
+    conditional update.
+    """
+    with store.session() as s:
+        job = s.exec(
+            select(Job)
+            .where(col(Job.state) == "QUEUED")
+            .order_by(col(Job.created_at))
+            .limit(1)
+            .with_for_update(skip_locked=True)
+        ).first()
+        if job is None:
+            return None
+        claimed = s.exec(
+            update(Job)
+            .where(col(Job.job_id) == job.job_id, col(Job.state) == "QUEUED")  # type: ignore[call-overload]
+            .values(state="RUNNING", claimed_by=replica_id, message="starting worker", updated_at=time.time())
+        )
+        if claimed.rowcount == 0:
+            return None
+    return job
 
 
 @dataclass
@@ -45,6 +75,15 @@ class _Running:
     process: Any  # multiprocessing.Process (spawn context)
     started: float
     cancel_seen: float = 0.0
+
+
+def live_replicas(store: Store, within_s: float = REPLICA_ALIVE_S) -> set[str]:
+    """Ids of the controller replicas whose heartbeat is recent (controller/scheduler/leader.py)."""
+    with store.session() as s:
+        rows = s.exec(
+            select(ControllerReplica.replica_id).where(col(ControllerReplica.last_seen) > time.time() - within_s)
+        )
+        return set(rows.all())
 
 
 def pid_alive(pid: int) -> bool:
@@ -80,8 +119,10 @@ class JobManager:
         max_concurrent: int = 1,
         poll_interval_s: float = 0.5,
         cancel_grace_s: float = 15.0,
+        replica_id: str = "",
     ) -> None:
         self.store = store
+        self.replica_id = replica_id or f"{socket.gethostname()}-{os.getpid()}"
         self.data_dir = Path(data_dir)
         self.profiles = profiles
         self.max_concurrent = max(1, max_concurrent)
@@ -210,9 +251,10 @@ class JobManager:
         failed = []
         with self.store.session() as s:
             running = list(s.exec(select(Job).where(col(Job.state) == "RUNNING")).all())
+        others = live_replicas(self.store) - {self.replica_id}  # their jobs run in their processes
         for job in running:
             with self._lock:
-                if job.job_id in self._running:
+                if job.job_id in self._running or job.claimed_by in others:
                     continue
             if not pid_alive(job.pid):
                 self._finish_if_open(
@@ -248,20 +290,9 @@ class JobManager:
 
     def _launch(self) -> None:
         while len(self._running) < self.max_concurrent and not self._stop.is_set():
-            with self.store.session() as s:
-                job = s.exec(
-                    select(Job).where(col(Job.state) == "QUEUED").order_by(col(Job.created_at)).limit(1)
-                ).first()
+            job = claim_next_job(self.store, self.replica_id)
             if job is None:
                 return
-            with self.store.session() as s:
-                claimed = s.exec(
-                    update(Job)
-                    .where(col(Job.job_id) == job.job_id, col(Job.state) == "QUEUED")  # type: ignore[call-overload]
-                    .values(state="RUNNING", message="starting worker", updated_at=time.time())
-                )
-            if claimed.rowcount == 0:
-                continue
             try:
                 profiles = {n: p.model_dump() for n, p in self.profiles().items()}
                 args = WorkerArgs(

@@ -140,7 +140,7 @@ def _run(store: Store, args: WorkerArgs, paths: dict[str, Path]) -> None:
     from controller.factory.recipe import load_recipe
     from controller.factory.report import build_report
     from controller.factory.runner import PipelineRunner
-    from controller.registry.blobs import BlobStore
+    from controller.registry.blobstore import open_for_data_dir
     from controller.registry.registry import Registry
     from shared.manifest import load_or_create_signing_key
     from shared.profiles import DeviceProfile
@@ -159,7 +159,8 @@ def _run(store: Store, args: WorkerArgs, paths: dict[str, Path]) -> None:
         reporter.stage_count = len(steps)
         reporter.update(stage_count=len(steps))
         cache = StageCache(paths["stage_cache"])
-        registry = Registry(store, BlobStore(paths["artifacts"]), load_or_create_signing_key(paths["key"]))
+        blobs = open_for_data_dir(Path(args.data_dir))
+        registry = Registry(store, blobs, load_or_create_signing_key(paths["key"]))
         runner = PipelineRunner(
             paths["jobs"] / args.job_id,
             cache,

@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 
 from sqlmodel import Session, col, select
 
-from controller.registry.blobs import BlobStore
+from controller.registry.blobstore.base import BlobStore, verify_blob
 from controller.store.db import Store
 from controller.store.tables import BlobProblem, VariantRow
 from shared.errors import IntegrityError, InvalidArgument, NotFound
-from shared.manifest import FileEntry, Manifest, verify, verify_file
+from shared.manifest import FileEntry, Manifest, verify
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +58,10 @@ def use_of(manifest: Manifest, entry: FileEntry) -> str:
 
 def check_blob(blobs: BlobStore, entry: FileEntry) -> tuple[str, str] | None:
     """``(kind, detail)`` when the stored blob is not what ``entry`` says; None when it is intact."""
-    path = blobs.blob_path(entry.sha256)
-    if not path.is_file():
-        return MISSING, f"blob {entry.sha256} is not in the blob store"
     try:
-        verify_file(path, entry)
+        verify_blob(blobs, entry)
+    except NotFound:
+        return MISSING, f"blob {entry.sha256} is not in the blob store"
     except IntegrityError as exc:
         return CORRUPT, f"the stored blob {entry.sha256} fails its check: {exc.message}"
     return None

@@ -21,12 +21,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from sqlalchemy.exc import IntegrityError as DbIntegrityError
 from sqlmodel import col, select
 
-from controller.registry.blobs import BlobStore
+from controller.registry.blobstore.base import BlobStore, copy_blob_to, verify_blob
 from controller.registry.versions import ModelVersionInfo, check_model_name, next_version, version_key
 from controller.store.db import Store
 from controller.store.tables import Baseline, ModelVersionRow, VariantRow
-from shared.errors import IntegrityError, InvalidArgument, NotFound
-from shared.manifest import Manifest, key_id, public_pem, sign, verify, verify_file
+from shared.errors import IntegrityError, InvalidArgument, NotFound, Unavailable
+from shared.manifest import Manifest, key_id, public_pem, sign, verify
 
 log = logging.getLogger(__name__)
 
@@ -73,11 +73,7 @@ class Registry:
         profiles = [v.profile for v in variants]
         if len(set(profiles)) != len(profiles):
             raise InvalidArgument(f"publishing '{name}': a profile appears twice in {profiles}")
-        stored = []
-        for spec in variants:
-            if not Path(spec.folder).is_dir():
-                raise NotFound(f"variant folder for profile '{spec.profile}' does not exist: {spec.folder}")
-            stored.append((spec, self.blobs.put_folder(Path(spec.folder), link=True)))
+        stored = self._upload(name, variants)
         for attempt in range(PUBLISH_ATTEMPTS):
             try:
                 return self._commit(name, stored, lineage, job_id)
@@ -86,6 +82,25 @@ class Registry:
                     raise
                 log.info("version of '%s' taken by a concurrent publish; retrying", name)
         raise AssertionError("unreachable")
+
+    def _upload(self, name: str, variants: list[VariantSpec]) -> list[tuple[VariantSpec, list[Any]]]:
+        """Every variant's files into the blob store, before any registry row is written."""
+        stored = []
+        for spec in variants:
+            if not Path(spec.folder).is_dir():
+                raise NotFound(f"variant folder for profile '{spec.profile}' does not exist: {spec.folder}")
+            try:
+                stored.append((spec, self.blobs.put_folder(Path(spec.folder), link=True)))
+            except Unavailable as exc:
+                raise Unavailable(
+                    f"publishing '{name}' failed: {exc.message}; nothing was published (the registry is unchanged)"
+                ) from exc
+            except OSError as exc:
+                raise Unavailable(
+                    f"publishing '{name}' failed writing to the blob store ({self.blobs.description}): {exc}; "
+                    "nothing was published (the registry is unchanged)"
+                ) from exc
+        return stored
 
     def _commit(
         self, name: str, stored: list[tuple[VariantSpec, list[Any]]], lineage: dict[str, Any], job_id: str
@@ -214,7 +229,7 @@ class Registry:
             )
         if check_blobs:
             for entry in manifest.files:
-                verify_file(self.blobs.blob_path(entry.sha256), entry)
+                verify_blob(self.blobs, entry)
         return manifest
 
     def materialize(self, name: str, version: str, profile: str, dest: Path) -> Manifest:
@@ -233,7 +248,10 @@ class Registry:
                 raise IntegrityError(f"manifest of {row.name}:{row.version}/{profile}: unsafe path {entry.path!r}")
             target.parent.mkdir(parents=True, exist_ok=True)
             target.unlink(missing_ok=True)
-            source = self.blobs.blob_path(entry.sha256)
+            source = self.blobs.local_path(entry.sha256)
+            if source is None:
+                copy_blob_to(self.blobs, entry.sha256, target)
+                continue
             try:
                 os.link(source, target)
             except OSError:

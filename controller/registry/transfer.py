@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from controller.registry.blobs import BlobStore
+from controller.registry.blobstore.base import BlobStore
 from shared.errors import InvalidArgument, ResourceExhausted
 
 try:  # zlib-ng's SIMD crc32 is ~15x faster than zlib's (same polynomial); optional
@@ -157,12 +158,32 @@ def open_ranges(
     """
     if chunk_size <= 0 or chunk_size > MAX_CHUNK:
         raise InvalidArgument(f"chunk size {chunk_size} must be within 1..{MAX_CHUNK} bytes")
-    fh, total = store.open_range(sha, int(offset))
+    fh, total = _open_file(store, sha, int(offset))
     max_bps = max(0, int(max_bytes_per_s or 0))
     if max_bps:
         # About 8 chunks a second keeps the pacing smooth; never below 16 KiB a chunk.
         chunk_size = max(16 << 10, min(chunk_size, max_bps // 8))
     return BlobRanges(fh, int(offset), total, chunk_size, max_bps)
+
+
+def _open_file(store: BlobStore, sha: str, offset: int) -> tuple[BinaryIO, int]:
+    """A real file (``fileno()``, pread at blob offsets) holding the blob from ``offset``: the blob's own file on
+    the filesystem backend (the fast path); for a remote store (agents too old for presigned URLs) the range is
+    first copied into an anonymous sparse temp file at the same offsets."""
+    if store.local_path(sha) is not None:
+        return store.open_range(sha, offset)
+    body, total = store.open_range(sha, offset)
+    tmp = tempfile.TemporaryFile()  # noqa: SIM115 - returned to the caller
+    try:
+        with body:
+            tmp.seek(offset)
+            while data := body.read(DEFAULT_CHUNK):
+                tmp.write(data)
+        tmp.flush()
+    except BaseException:
+        tmp.close()
+        raise
+    return tmp, total
 
 
 def read_exact(fd: int, buf: memoryview, pos: int, total: int) -> None:

@@ -29,7 +29,7 @@ from collections.abc import Iterator
 
 import grpc
 
-from controller.registry.blobs import BlobStore
+from controller.registry.blobstore.base import BlobStore
 from controller.registry.transfer import (
     DEFAULT_CHUNK,
     RETRY_AFTER_KEY,

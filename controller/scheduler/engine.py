@@ -58,6 +58,8 @@ class ControllerScheduler:
             timezone=UTC,
         )
         self._again: dict[str, threading.Event] = {}
+        # Set by start_periodic_jobs: the leader election that resumes / pauses this scheduler.
+        self.elector: Any = None
 
     @property
     def running(self) -> bool:
@@ -96,12 +98,28 @@ class ControllerScheduler:
     def job_names(self) -> list[str]:
         return sorted(job.id for job in self._scheduler.get_jobs())
 
-    def start(self) -> None:
+    def start(self, paused: bool = False) -> None:
+        """Start the scheduler; ``paused``: no job runs until :meth:`resume` (a replica that does not lead)."""
         if not self._scheduler.running:
-            self._scheduler.start()
-            log.info("scheduler started: %s", ", ".join(self.job_names()) or "no jobs")
+            self._scheduler.start(paused=paused)
+            state = "paused until this replica leads" if paused else "started"
+            log.info("scheduler %s: %s", state, ", ".join(self.job_names()) or "no jobs")
+
+    def pause(self) -> None:
+        """No job starts until :meth:`resume` (runs in progress finish)."""
+        if self._scheduler.running:
+            self._scheduler.pause()
+            log.info("scheduler paused")
+
+    def resume(self) -> None:
+        """Run the jobs again; those that came due while paused run now (once each)."""
+        if self._scheduler.running:
+            self._scheduler.resume()
+            log.info("scheduler resumed: %s", ", ".join(self.job_names()) or "no jobs")
 
     def shutdown(self, wait: bool = True) -> None:
+        if self.elector is not None:
+            self.elector.stop()
         if self._scheduler.running:
             self._scheduler.shutdown(wait=wait)
             log.info("scheduler stopped")

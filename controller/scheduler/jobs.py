@@ -7,7 +7,8 @@
 - ``job-promotion``: roll out, as canaries, the versions that finished drift-triggered jobs published
   (``controller.loop.promotion``).
 
-They run on :class:`~controller.scheduler.engine.ControllerScheduler`.
+They run on :class:`~controller.scheduler.engine.ControllerScheduler`, and only on the leader replica: the
+scheduler stays paused while :class:`~controller.scheduler.leader.LeaderElector` says another replica leads.
 """
 
 from __future__ import annotations
@@ -86,7 +87,10 @@ def promotion_step(app: ControllerApp) -> None:
     promote_finished_jobs(app)
 
 
-def start_periodic_jobs(app: ControllerApp) -> ControllerScheduler:
+def start_periodic_jobs(app: ControllerApp, address: str = "") -> ControllerScheduler:
+    """Register the periodic jobs; they run only while this replica leads (controller/scheduler/leader.py)."""
+    from controller.scheduler.leader import LeaderElector
+
     s = app.settings
     scheduler = start_scheduler(
         rollout_tick=rollout_tick_hook(app.store),
@@ -97,6 +101,11 @@ def start_periodic_jobs(app: ControllerApp) -> ControllerScheduler:
             drift_check_s=s.drift_interval_s,
             job_promotion_s=s.scheduler_interval_s,
         ),
+        start=False,
     )
+    scheduler.start(paused=True)
+    scheduler.elector = LeaderElector(
+        app.store, s.replica_id, address, on_gain=scheduler.resume, on_loss=scheduler.pause
+    ).start()
     app.scheduler = scheduler
     return scheduler

@@ -6,17 +6,20 @@
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import IO
 
 from sqlalchemy import event
 from sqlalchemy.engine import Engine
 from sqlmodel import Session, create_engine
 
 from controller.store import schema
-from shared.errors import ConfigError, Unavailable
+from shared.errors import ConfigError, FailedPrecondition, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +46,39 @@ def make_engine(url: str) -> Engine:
             url = "postgresql+psycopg://" + url.split("://", 1)[1]
         return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
     raise ConfigError("--db", "url", f"unsupported database URL '{url}': use sqlite:///PATH or postgresql+psycopg://")
+
+
+def hold_sqlite_lock(url: str) -> IO[str] | None:
+    """Take ``controller.lock`` next to a SQLite database for this process's lifetime (None for PostgreSQL).
+
+    SQLite serves one controller process: a second one on the same file is refused (ConfigError naming the
+    holder's pid). The lock is an exclusive ``flock`` that the kernel frees when the process dies; keep the
+    returned file open while serving and close it to release.
+    """
+    if not url.startswith("sqlite"):
+        return None
+    db_path = url.split(":///", 1)[-1]
+    if not db_path or db_path == ":memory:":
+        return None
+    path = Path(db_path).resolve().parent / "controller.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+")  # noqa: SIM115 - held open for the process lifetime
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise FailedPrecondition(
+            f"the SQLite database {db_path} is already served by another controller (pid {holder}, lock {path}); "
+            "SQLite allows one controller process: stop that one, or use PostgreSQL (--db postgresql+psycopg://…) "
+            "to run several replicas",
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
 
 
 @contextmanager

@@ -72,6 +72,8 @@ class Job(SQLModel, table=True):
     drift_event_id: str = ""
     cancel_requested: bool = False
     pid: int = 0
+    # The controller replica that claimed the job (SLMOPS_REPLICA_ID); empty while QUEUED.
+    claimed_by: str = ""
 
 
 class ModelVersionRow(SQLModel, table=True):
@@ -260,3 +262,13 @@ class KeyValue(SQLModel, table=True):
 
     key: str = Field(primary_key=True)
     value: str = ""
+
+
+class ControllerReplica(SQLModel, table=True):
+    """One controller process on the shared database, refreshed every few seconds (controller/scheduler/leader.py)."""
+
+    replica_id: str = Field(primary_key=True)
+    address: str = ""
+    started_at: float = 0.0
+    last_seen: float = 0.0
+    is_leader: bool = False
