@@ -27,8 +27,9 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from agent.install.statefile import fsync_dir, write_atomic
+from agent.install.statefile import write_atomic
 from agent.install.states import ModelRef
+from shared.durable import fsync_dir
 from shared.errors import IntegrityError, InvalidArgument
 from shared.manifest import FileEntry, Manifest
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.install.states import ModelRef, State
+from shared.durable import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -163,13 +164,3 @@ def write_atomic(path: Path, data: bytes) -> None:
         os.fsync(fh.fileno())
     os.replace(tmp, path)
     fsync_dir(path.parent)
-
-
-def fsync_dir(path: Path) -> None:
-    if os.name != "posix":
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

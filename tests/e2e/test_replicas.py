@@ -10,11 +10,10 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import openai
-import pytest
 from sqlmodel import select
 
 from controller.cli.common import AdminConnection
@@ -28,7 +27,6 @@ from controller.store.tables import TelemetryWindowRow
 from shared.manifest import load_or_create_signing_key
 from shared.pb import admin_pb2, common_pb2
 from tests.e2e.conftest import golden_for
-from tests.fixtures.stores import drop_pg_schema, make_pg_schema, pg_schema_url
 
 
 class Replica:
@@ -84,15 +82,6 @@ def _wait(condition: Callable[[], bool], timeout: float, what: str) -> float:
             pass
         time.sleep(0.2)
     raise AssertionError(f"not within {timeout:.0f} s: {what}")
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    schema = make_pg_schema()
-    try:
-        yield pg_schema_url(schema)
-    finally:
-        drop_pg_schema(schema)
 
 
 def _publish(data_dir: Path, store: Store, models: dict[str, Path]) -> str:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from controller.registry.blobstore.base import BlobInfo, BlobRef, BlobStore, check_range, check_sha, not_found
+from shared.durable import fsync_dir
 from shared.errors import NotFound
 from shared.manifest import CHUNK
 
@@ -99,7 +100,7 @@ class FileBlobStore(BlobStore):
                 return BlobRef(sha, size)
             dest.parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp, dest)
-            _fsync_dir(dest.parent)
+            fsync_dir(dest.parent)
             log.debug("stored blob %s (%d bytes) from %s", sha[:12], size, src)
             return BlobRef(sha, size)
         finally:
@@ -181,13 +182,3 @@ def copy_hashing(inp: BinaryIO, out: BinaryIO) -> str:
 def _hash_path(path: Path) -> str:
     with open(path, "rb") as fh:
         return hashlib.file_digest(fh, "sha256").hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    if os.name != "posix":
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

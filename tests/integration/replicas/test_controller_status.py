@@ -4,7 +4,7 @@ the other takes over when the leader stops; SQLite refuses a second controller o
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,16 +14,6 @@ from controller.core.metrics import FleetCollector
 from shared.errors import FailedPrecondition
 from shared.pb import admin_pb2
 from tests.fixtures.controller import admin
-from tests.fixtures.stores import drop_pg_schema, make_pg_schema, pg_schema_url
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    schema = make_pg_schema()
-    try:
-        yield pg_schema_url(schema)
-    finally:
-        drop_pg_schema(schema)
 
 
 def _wait_for(condition: Callable[[], bool], timeout_s: float) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,7 +13,6 @@ from sqlalchemy import create_engine, text
 from controller.scheduler.leader import LeaderElector, list_replicas
 from controller.store.db import Store, hold_sqlite_lock
 from shared.errors import FailedPrecondition
-from tests.fixtures.stores import drop_pg_schema, make_pg_schema, pg_schema_url
 
 
 def _wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> bool:
@@ -23,15 +22,6 @@ def _wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> bool:
             return True
         time.sleep(0.02)
     return condition()
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    schema = make_pg_schema()
-    try:
-        yield pg_schema_url(schema)
-    finally:
-        drop_pg_schema(schema)
 
 
 def test_sqlite_replica_always_leads(sqlite_store: Store) -> None:
