@@ -16,7 +16,7 @@ from typing import ClassVar
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
 
-from shared.defaults import DEFAULT_AGENT_DATA_DIR, DEFAULT_CONTROLLER, DEFAULT_SERVE_LISTEN
+from shared.defaults import DEFAULT_AGENT_DATA_DIR, DEFAULT_CONTROLLER, DEFAULT_SCRUB_INTERVAL_S, DEFAULT_SERVE_LISTEN
 from shared.profiles import check_runtime
 from shared.settings import Address, LayeredSettings, secret
 
@@ -47,7 +47,7 @@ class AgentSettings(LayeredSettings):
     keep_versions: int = Field(3, ge=1)
     # Full sha256 check of the installed model files while running (agent/install/integrity.py); 0 = off.
     # They are also checked at every start, before the model loads.
-    scrub_interval_s: float = Field(24 * 3600.0, ge=0)
+    scrub_interval_s: float = Field(DEFAULT_SCRUB_INTERVAL_S, ge=0)
 
     @field_validator("runtime")
     @classmethod

@@ -152,9 +152,6 @@ class _Download:
             raise item
         return item
 
-    def cancel(self) -> bool:
-        return bool(self._call.cancel())
-
     def __getattr__(self, name: str) -> Any:
         return getattr(self._call, name)
 

@@ -59,7 +59,6 @@ log = logging.getLogger(__name__)
 CHUNK = 4 << 20
 AT_START = "at start"
 IN_SCRUB = "in the periodic scrub"
-DEFAULT_SCRUB_INTERVAL_S = 24 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -107,8 +106,7 @@ def _sha256(path: str, cancel: threading.Event | None) -> str:
 
 def _signed_manifest(layout: Layout, ref: ModelRef, key_pem: bytes) -> Manifest:
     """The version's sidecar manifest, its signature checked with the pinned key; raises on any problem."""
-    side = layout.version_dir(ref) / SIDECAR
-    manifest = verify((side / "manifest.json").read_bytes(), (side / "manifest.sig").read_bytes(), key_pem)
+    manifest = verify(*layout.read_sidecar(layout.version_dir(ref)), key_pem)
     if (manifest.name, manifest.version) != (ref.name, public_ref(ref).version):
         raise SlmopsError(f"it describes {manifest.ref}, not this folder")
     for entry in manifest.files:

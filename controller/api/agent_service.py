@@ -11,6 +11,7 @@ from controller.api.convert import hardware_from_pb, install_state_name, profile
 from controller.core.app import ControllerApp
 from controller.core.auth import peer_host
 from controller.fleet import devices as fleet
+from controller.registry.blobstore.base import check_sha
 from controller.registry.transfer_pb import stream_artifact
 from controller.rollout import engine as rollouts
 from controller.telemetry.ingest import ingest_batch
@@ -108,11 +109,11 @@ class AgentService(agent_pb2_grpc.AgentServiceServicer):
         urls = self.app.extras.get("artifact_urls")
         if urls is None:  # no byte path on this controller: the agent falls back to DownloadArtifact
             context.abort(grpc.StatusCode.UNIMPLEMENTED, "this controller serves artifacts over gRPC only")
-        if len(request.sha256) > 1000 or any(len(sha) != 64 for sha in request.sha256):
-            raise InvalidArgument("ask for at most 1000 digests, each 64 hex characters")
+        if len(request.sha256) > 1000:
+            raise InvalidArgument("ask for at most 1000 digests at once")
         response = agent_pb2.ArtifactUrlsResponse()
         for sha in request.sha256:
-            url, expires = urls.url_for(agent_id, sha.lower())
+            url, expires = urls.url_for(agent_id, check_sha(sha))
             response.urls.add(sha256=sha, url=url, expires_unix=expires)
         return response
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from controller.cli.common import console
+from shared.defaults import DEFAULT_CONTROLLER_DATA_DIR
 from shared.errors import FailedPrecondition, InvalidArgument, NotFound
 
 if TYPE_CHECKING:
@@ -51,7 +52,7 @@ def _add_database_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--data-dir",
-        default=os.environ.get("SLMOPS_DATA_DIR", ".slmops/controller"),
+        default=os.environ.get("SLMOPS_DATA_DIR", str(DEFAULT_CONTROLLER_DATA_DIR)),
         help="the controller's data dir, for its SQLite database",
     )
 

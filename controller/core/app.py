@@ -59,8 +59,7 @@ def build_app(settings: ControllerSettings) -> ControllerApp:
 
 
 def _build_app(settings: ControllerSettings) -> ControllerApp:
-    data = settings.data_dir
-    data.mkdir(parents=True, exist_ok=True)
+    data = settings.data_dir  # made by build_app
     store = Store(settings.database_url)
     catalog = ProfileCatalog(store, settings.profiles_dir)
     key = load_or_create_signing_key(data / "keys" / "manifest_ed25519.pem")

@@ -94,12 +94,6 @@ def use_enrollment_token(session: Session, token: str) -> None:
     session.add(row)
 
 
-def consume_enrollment_token(store: Store, token: str) -> None:
-    """:func:`use_enrollment_token` in a session of its own."""
-    with store.session() as s:
-        use_enrollment_token(s, token)
-
-
 class AgentAuthenticator:
     """Checks agent credentials; remembers verified pairs so a heartbeat costs no extra query."""
 

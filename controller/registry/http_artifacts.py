@@ -24,6 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from controller.registry.blobstore.base import SHA_RE
 from controller.registry.urltokens import TokenRejected, UrlTokens
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,6 @@ TLS_BUFFER = 4 << 20
 MAX_CONNECTIONS = 256
 IO_TIMEOUT_S = 60.0
 SENDER_NICE = 10  # connection threads run at this nice value (see _lower_priority)
-_SHA = re.compile(r"^[0-9a-f]{64}$")
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
@@ -95,7 +95,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _open(self) -> tuple[Any, int, int, int]:
         url = urlsplit(self.path)
         sha = url.path[len(PREFIX) :] if url.path.startswith(PREFIX) else ""
-        if not _SHA.match(sha):
+        if not SHA_RE.match(sha):
             raise _Refused(404, f"no such resource {url.path!r}: GET {PREFIX}<sha256>")
         token = (parse_qs(url.query).get("t") or [""])[0]
         auth = self.headers.get("Authorization", "")
@@ -105,10 +105,13 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.tokens.check(token, self.headers.get("X-Slmops-Agent-Id", ""), sha)
         except TokenRejected as exc:
             raise _Refused(403, exc.reason) from None
+        path = self.server.blobs.local_path(sha)  # None: not stored here (a remote store presigns instead)
         try:
-            fh = open(self.server.blobs.path(sha), "rb")  # noqa: SIM115 - closed by _serve
-        except Exception:  # NotFound, or the file vanished
-            raise _Refused(404, f"blob {sha} is not in the registry") from None
+            fh = open(path, "rb") if path is not None else None  # noqa: SIM115 - closed by _serve
+        except OSError:  # the file vanished
+            fh = None
+        if fh is None:
+            raise _Refused(404, f"blob {sha} is not in the registry")
         size = os.fstat(fh.fileno()).st_size
         try:
             span = parse_range(self.headers.get("Range", ""), size)

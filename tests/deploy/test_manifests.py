@@ -207,9 +207,10 @@ def test_every_container_runs_the_project_image_or_a_known_third_party_one() -> 
 
 
 def test_project_images_start_the_right_process_by_default() -> None:
-    for name, image in built_images().items():
-        command = " ".join(image["entrypoint"] + image["cmd"])
-        assert command in ("slmops controller serve", "slmops agent run"), f"{name}: {command}"
+    images = built_images()
+    assert len(images) == 2, images
+    commands = {" ".join(image["entrypoint"] + image["cmd"]) for image in images.values()}
+    assert commands == {"slmops controller serve", "slmops agent run"}, commands
 
 
 def test_every_slmops_variable_is_one_the_code_reads() -> None:

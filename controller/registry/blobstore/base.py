@@ -17,13 +17,13 @@ from typing import BinaryIO
 from shared.errors import IntegrityError, InvalidArgument, NotFound
 from shared.manifest import CHUNK, FileEntry, verify_file
 
-_SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 def check_sha(sha: str) -> str:
     """Return ``sha`` lower-cased if it is a hex sha256 digest; raise InvalidArgument otherwise."""
     norm = sha.strip().lower()
-    if not _SHA_RE.match(norm):
+    if not SHA_RE.match(norm):
         raise InvalidArgument(f"'{sha[:80]}' is not a sha256 hex digest (64 hex characters)")
     return norm
 
