@@ -2,7 +2,7 @@
 PY ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
-EXTRAS ?= agent,controller,foundry,olive,dev
+EXTRAS ?= agent,controller,foundry,olive,ray,dev
 export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export OLIVE_DISABLE_TELEMETRY := 1

@@ -30,7 +30,7 @@ from agent.install.states import Transition
 from agent.runtime.base import LoadedModel, Runtime
 from agent.runtime.registry import get_runtime
 from agent.serving.server import ServingServer
-from agent.serving.service import Serving, ServingConfig
+from agent.serving.service import Serving, ServingConfig, task_schema
 from agent.settings import AgentSettings
 from agent.telemetry.pipeline import TelemetryPipeline
 from agent.telemetry.reporter import grpc_sender
@@ -142,7 +142,11 @@ class AgentServices:
     def _runtime_for(self, manifest: Manifest) -> Runtime:
         name = self.settings.runtime or manifest.runtime or "ort-genai"
         if name not in self._runtimes:
-            options = {"data_dir": self.data_dir / "foundry"} if name == "foundry-local" else {}
+            options: dict[str, object] = {}
+            if name == "foundry-local":
+                options["data_dir"] = self.data_dir / "foundry"
+            elif name == "ort-genai" and self.settings.batching:
+                options["batching"] = self.settings.batching
             self._runtimes[name] = get_runtime(name, **options)
         return self._runtimes[name]
 
@@ -160,9 +164,10 @@ class AgentServices:
             model_dir, manifest.execution_provider or "cpu", model_id=manifest.name, allow_fallback=True
         )
         self.serving.swap(model, manifest.version)
+        self.serving.set_output_schema(*task_schema(manifest, self._profile()))
         self._serving_runtime = runtime.name
         self._serving_dir = model_dir
-        self.telemetry.set_model(manifest.name, manifest.version)
+        self.telemetry.set_model(manifest.name, manifest.version, model_dir)
         self._manifests[model_dir] = manifest
         log.info("serving %s on %s (%s)", manifest.ref, model.active_provider, runtime.name)
         if len(manifest.golden) < MIN_GOLDEN:

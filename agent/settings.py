@@ -11,7 +11,7 @@ always read (``SLMOPS_CONTROLLER``, ``SLMOPS_AGENT_DIR``, ``SLMOPS_ENROLL_TOKEN`
 from __future__ import annotations
 
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import SettingsConfigDict
@@ -38,6 +38,8 @@ class AgentSettings(LayeredSettings):
     telemetry_window_s: float = Field(60.0, gt=0)
     max_queue: int = Field(16, ge=1)
     workers: int = Field(2, ge=1)
+    # Continuous batching on og.Engine (ort-genai): "" = the runtime's default (off on CPU, auto on accelerators).
+    batching: Literal["", "off", "engine", "auto"] = ""
     max_body_bytes: int = Field(1 << 20, ge=1)  # largest request body on the local API (413 beyond)
     read_timeout_s: float = Field(15.0, gt=0)  # a request's head, then its body, must arrive within this
     metrics_require_key: bool | None = None  # /metrics needs api_key: None = when one is set

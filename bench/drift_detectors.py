@@ -11,7 +11,20 @@ reset after each event), one detector enabled at a time, at the default threshol
 
 ``delay_windows`` counts the shifted windows seen up to and including the one that raised the event
 (null when never detected within 300 windows); for a detector run on several streams it is the worst one
-and ``false_alarms`` their sum. ``python bench/drift_detectors.py`` prints a table, then one JSON line.
+and ``false_alarms`` their sum (``measure_detectors``, also used by ``bench/telemetry.py``).
+
+Replay with real model outputs (the issue's targets; ``python bench/drift_detectors.py [--quick]``): a student
+trained on the bundled task answers pools of prompts once (``bench/drift_replay.py``, cached); requests drawn
+from the pools go through the agent's own window aggregator (``agent/telemetry/windows.py``: output confidence
+and input novelty, ``shared/signals.py``) into the monitor's ``Watch`` whose baseline is the reference the
+factory's ``signal-reference`` stage measures on the validation split. The valid-JSON signal is not fed (with
+``--guided`` the answers are generated under the task's output schema by guided decoding, as the demo's clients
+ask); latency is not replayed. Per shift (the task's ``shifted`` variant, ``new_slots``,
+``new_phrasings``): ``detect_delay_requests`` (shifted requests up to the window that raised the first event,
+after ``WARM`` base requests), the accuracy drop, and ``audited_accuracy_error``: |teacher-audited estimate -
+true accuracy| over the replayed requests, auditing a share ``AUDIT_SHARE`` (the task's labels stand in for
+a perfect teacher, so it measures the audit's sampling, not a teacher's mistakes). ``false_alarms_per_10k``:
+events on ``BASE_REQUESTS`` base requests. Last line: one JSON object.
 """
 
 from __future__ import annotations
@@ -121,6 +134,9 @@ def measure_detectors(seed: int = 0) -> dict[str, dict[str, int | None]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--quick", action="store_true", help="smaller replay (for development)")
+    parser.add_argument("--guided", action="store_true", help="answers under the task's schema (guided decoding)")
+    parser.add_argument("--synthetic-only", action="store_true", help="only the synthetic per-detector figures")
     args = parser.parse_args()
     detail = measure_detail(args.seed)
     print(f"{'detector':<14}{'stream':<10}{'delay (windows)':>17}{'false alarms / ' + str(STATIONARY):>24}")
@@ -128,7 +144,13 @@ def main() -> None:
         for stream, fig in streams.items():
             shown = "not detected" if fig["delay_windows"] is None else fig["delay_windows"]
             print(f"{detector:<14}{stream:<10}{shown!s:>17}{fig['false_alarms']!s:>24}")
-    print(json.dumps(summarize(detail)))
+    if args.synthetic_only:
+        print(json.dumps(summarize(detail)))
+        return
+    from drift_replay import replay_figures  # type: ignore[import-not-found]
+
+    figures = replay_figures(quick=args.quick, seed=args.seed, guided=args.guided)
+    print(json.dumps({**figures, "synthetic": summarize(detail)}))
 
 
 if __name__ == "__main__":

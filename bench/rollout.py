@@ -2,6 +2,8 @@
 
 ``python bench/rollout.py [--size-mb 100] [--agents 20] [--repeats 7] [--slots 4] [--no-malloc-tuning]``
 ``python bench/rollout.py --quick``: only the one-agent comparison (no protobuf server, no fleet), 5 repeats.
+``python bench/rollout.py --s3 [--agents 20]``: a rollout through a whole controller on the S3 blob store
+(bench/rollout_s3.py): ``controller_artifact_bytes`` must be 0 (agents download from presigned URLs).
 
 1. Raw TCP baseline: a child process reads the blob file and writes it to a socket; this process receives it
    into a file (the same work an artifact transfer does, minus the protocol). Also memory-to-memory TCP.
@@ -291,7 +293,7 @@ def run(args: argparse.Namespace) -> dict:
             pb_channel.close()
         idle = idle_rpc(grpc_addr)
         helpers = {"spawn": _spawn, "probe_rpc": probe_rpc, "percentile": percentile, "agent_channel": agent_channel}
-        hx = rollout_http.measure(helpers, entry, args.repeats, args.agents, work, tcp_addr)
+        hx = rollout_http.measure(helpers, entry, args.repeats, args.agents, work, tcp_addr, args.http_slots)
         fleet_figures = (
             concurrent_downloads(grpc_addr, entry, args.agents, work / "fleet", tuned) if args.agents else {}
         )
@@ -305,6 +307,7 @@ def run(args: argparse.Namespace) -> dict:
         # Best run against best run: the most either achieved on this machine in this run.
         "transfer_vs_tcp": hx["https_vs_tcp"],  # HTTPS byte path vs raw TCP, same fsync policy (rollout_http.py)
         "transfer_vs_tcp_insecure": hx["http_plain_vs_tcp"],
+        "transfer_vs_tcp_tls_proxy": hx["https_proxy_vs_tcp"],  # socat ending TLS in front of plain HTTP
         "fsync_policy": rollout_http.FSYNC_POLICY,
         "fleet_aggregate_vs_tcp": round(hx["fleet"]["aggregate_mb_s"] / hx["fleet"]["tcp"]["aggregate_mb_s"], 3)
         if args.agents
@@ -383,7 +386,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-malloc-tuning", action="store_true", help="agent side without tune_malloc_for_streaming()")
     ap.add_argument("--work", help="scratch folder (default: a new temp folder)")
     ap.add_argument("--quick", action="store_true", help="one agent only: no protobuf server, no fleet, 5 repeats")
+    ap.add_argument("--s3", action="store_true", help="S3 mode: a rollout to --agents agents (bench/rollout_s3.py)")
+    ap.add_argument("--model-dir", help="S3 mode: the onnxruntime-genai model folder (default: the tests' cache)")
+    ap.add_argument("--http-slots", type=int, default=0, help="artifact gate (0: default, 1 per 2 cores; -1: none)")
     args = ap.parse_args(argv)
+    if args.s3:
+        import rollout_s3
+
+        print(json.dumps(rollout_s3.run(args.agents, Path(args.model_dir) if args.model_dir else None)))
+        return None
     if args.quick:
         args.agents, args.repeats = 0, min(args.repeats, 5)
     figures = run(args)

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -36,7 +38,7 @@ from agent.install.transfer import RetryPolicy, download_file  # noqa: E402
 from agent.install.tuning import tune_malloc_for_streaming  # noqa: E402
 from controller.core.tls import load_or_create  # noqa: E402
 from controller.registry.blobs import BlobStore  # noqa: E402
-from controller.registry.http_artifacts import ArtifactHttpServer, server_tls_context  # noqa: E402
+from controller.registry.http_artifacts import ArtifactHttpServer, artifact_gate, server_tls_context  # noqa: E402
 from controller.registry.urltokens import UrlTokens  # noqa: E402
 from shared.manifest import FileEntry  # noqa: E402
 from shared.pb import agent_pb2, agent_pb2_grpc  # noqa: E402
@@ -50,13 +52,15 @@ class _Heartbeats(agent_pb2_grpc.AgentServiceServicer):
         return agent_pb2.HeartbeatResponse(heartbeat_interval_s=5)
 
 
-def serve_controller(root: Path, key: str, tls_dir: str, workers: int) -> None:
-    """Child: artifact server + gRPC Heartbeat in one process; prints ``<grpc address> <artifact base URL>``."""
+def serve_controller(root: Path, key: str, tls_dir: str, workers: int, slots: int = 0) -> None:
+    """Child: artifact server + gRPC Heartbeat in one process; prints ``<grpc address> <artifact base URL>``.
+    ``slots``: the artifact server's download gate (0: the default, one per 2 cores; -1: no gate)."""
     context = None
     if tls_dir:
         tls = load_or_create(Path(tls_dir))
         context = server_tls_context(tls.server_cert_pem, tls.server_key_pem)
-    http = ArtifactHttpServer(("127.0.0.1", 0), BlobStore(root), UrlTokens(key.encode()), context).start()
+    gate = None if slots < 0 else artifact_gate(slots)
+    http = ArtifactHttpServer(("127.0.0.1", 0), BlobStore(root), UrlTokens(key.encode()), context, gate).start()
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers))
     agent_pb2_grpc.add_AgentServiceServicer_to_server(_Heartbeats(), server)
     port = server.add_insecure_port("127.0.0.1:0")
@@ -142,8 +146,6 @@ def fleet_child(kind: str, address: str, sha: str, size: int, agents: int, dest:
 def _fleet(
     kind: str, address: str, entry: FileEntry, agents: int, work: Path, key: str, ca: str, nice: int = 0
 ) -> dict:
-    import subprocess
-
     proc = subprocess.run(
         [sys.executable, str(Path(__file__).resolve()), "fleet", kind, address, entry.sha256, str(entry.size),
          str(agents), str(work / f"fleet-{kind}"), key, ca],
@@ -162,28 +164,36 @@ def _fleet(
     }
 
 
-def measure(ctx: dict, entry: FileEntry, repeats: int, agents: int, work: Path, tcp_addr: str) -> dict:
-    """The HTTP(S) figures; ``ctx`` carries rollout.py's helpers (spawn, probe_rpc, percentile, agent_channel)."""
+def measure(ctx: dict, entry: FileEntry, repeats: int, agents: int, work: Path, tcp_addr: str, slots: int = 0) -> dict:
+    """The HTTP(S) figures; ``ctx`` carries rollout.py's helpers (spawn, probe_rpc, percentile, agent_channel);
+    ``slots``: the artifact servers' download gate (0: the default, one per 2 cores; -1: none)."""
     spawn = ctx["spawn"]
     key, tls = os.urandom(16).hex(), load_or_create(work / "tls")
     store = str(work / "store")
     procs = []
     try:
         tls_proc, (grpc_addr, https_base) = _split(
-            spawn("http", "serve-controller", store, key, str(work / "tls"), "16")
+            spawn("http", "serve-controller", store, key, str(work / "tls"), "16", str(slots))
         )
-        plain_proc, (_, http_base) = _split(spawn("http", "serve-controller", store, key, "", "16"))
+        plain_proc, (_, http_base) = _split(spawn("http", "serve-controller", store, key, "", "16", str(slots)))
         tcp_proc, tcp_many = spawn("http", "serve-tcp-threaded", str(work / "blob.bin"))
         procs = [tls_proc, plain_proc, tcp_proc]
         https, plain = make_fetch(https_base, key, tls.ca_cert_pem), make_fetch(http_base, key, None)
+        proxy_proc, proxy_base = tls_proxy(http_base, work / "tls")
+        proxy = make_fetch(proxy_base, key, tls.ca_cert_pem) if proxy_proc is not None else None
+        procs += [proxy_proc] if proxy_proc is not None else []
         http_transfer(https, entry, work / "dl")  # warm-up
-        runs: dict[str, list[float]] = {"tcp": [], "https": [], "http": []}
+        runs: dict[str, list[float]] = {"tcp": [], "https": [], "http": [], "proxy": []}
         for _ in range(repeats):  # alternate: all see the same machine load
             runs["tcp"].append(tcp_durable_transfer(tcp_addr, work / "tcp.out", entry.size))
             runs["https"].append(http_transfer(https, entry, work / "dl"))
             runs["http"].append(http_transfer(plain, entry, work / "dl"))
+            if proxy is not None:
+                runs["proxy"].append(http_transfer(proxy, entry, work / "dl"))
         figures: dict = {f"{k}_runs_mb_s": [round(x, 1) for x in v] for k, v in runs.items()}
-        best = {k: max(v) for k, v in runs.items()}
+        best = {k: max(v) for k, v in runs.items() if v}
+        # A TLS-ending proxy (socat, C and OpenSSL) in front of the plain-HTTP artifact server (docs/deploy.md).
+        figures["https_proxy_vs_tcp"] = round(best["proxy"] / best["tcp"], 3) if "proxy" in best else None
         figures.update(
             https_mb_s=round(best["https"], 1), http_plain_mb_s=round(best["http"], 1),
             tcp_durable_mb_s=round(best["tcp"], 1),
@@ -204,6 +214,33 @@ def measure(ctx: dict, entry: FileEntry, repeats: int, agents: int, work: Path, 
             proc.kill()
             proc.wait()
     return figures
+
+
+def tls_proxy(http_base: str, tls_dir: Path) -> tuple[subprocess.Popen | None, str]:
+    """socat ending TLS (the controller's certificate) in front of the plain artifact server, where socat is
+    installed (nginx is the production choice; the bench machine has neither by default): (process, https base)."""
+    if shutil.which("socat") is None:
+        return None, ""
+    port = _free_port()
+    upstream = http_base.rsplit(":", 1)[1]
+    listen = f"OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,verify=0"
+    listen += f",cert={tls_dir / 'server.pem'},key={tls_dir / 'server.key'}"
+    proc = subprocess.Popen(["socat", "-b", str(1 << 20), listen, f"TCP:127.0.0.1:{upstream}"])
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc, f"https://127.0.0.1:{port}"
+        except OSError:
+            time.sleep(0.05)
+    proc.kill()
+    return None, ""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def _split(spawned: tuple) -> tuple:
@@ -243,7 +280,8 @@ def print_summary(figures: dict) -> None:
     print(f"fsync policy: {figures['fsync_policy']}")
     print(
         f"one agent: HTTPS {hx['https_mb_s']} MB/s, HTTP {hx['http_plain_mb_s']} MB/s, TCP {hx['tcp_durable_mb_s']} "
-        f"MB/s -> transfer_vs_tcp {figures['transfer_vs_tcp']} (insecure {figures['transfer_vs_tcp_insecure']})"
+        f"MB/s -> transfer_vs_tcp {figures['transfer_vs_tcp']} (insecure {figures['transfer_vs_tcp_insecure']}, "
+        f"socat TLS proxy in front of plain HTTP {figures['transfer_vs_tcp_tls_proxy']})"
     )
     if figures["http_fleet"]:
         hf = figures["http_fleet"]
@@ -275,7 +313,11 @@ def print_summary(figures: dict) -> None:
 
 def main(argv: list[str]) -> None:
     if argv[0] == "serve-controller":
-        serve_controller(Path(argv[1]), argv[2], argv[3], int(argv[4]))
+        serve_controller(Path(argv[1]), argv[2], argv[3], int(argv[4]), int(argv[5]) if len(argv) > 5 else 0)
+    elif argv[0] == "gate":
+        import rollout_gate
+
+        rollout_gate.main(argv[1:])
     elif argv[0] == "serve-tcp-threaded":
         serve_tcp_threaded(Path(argv[1]))
     elif argv[0] == "fleet":

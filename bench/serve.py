@@ -9,13 +9,17 @@ path generates the same number of tokens:
   streaming and not: tokens/s and time to first streamed token;
 - transformers ``generate`` on the HF model (same prompt ids);
 - 8 concurrent clients: aggregate tokens/s, p50/p95 latency, errors;
+- the batched (og.Engine) and sequential (og.Generator per request) paths at 1, 4, 8 and 16 concurrent streaming
+  clients: aggregate tokens/s and p95 TTFT (``batched_vs_sequential`` and ``ttft_p95_batched_vs_sequential``
+  at 8 clients; see bench/serve_batching.py), and the in-process cost of per-token logprobs
+  (``logprobs_cost_pct``: serving records them for every request's telemetry);
 - big bodies: 20 requests with 10 MB bodies (over the agent's 1 MiB ``max_body_bytes``) to a fresh server
   process with the agent's malloc tuning: that process's RSS before and after (``rss_growth_big_bodies_pct``,
   goal <= 5) and ``/healthz`` p99 latency while they arrive (``healthz_p99_during_big_ms``, goal <= 50).
 
 Prints a table, then as the last line one JSON object (``http_vs_inprocess``, ``ortgenai_vs_torch``,
-``concurrent_errors``, the big-body figures and the raw figures). Run: ``python bench/serve.py`` (~1-2 min on
-2 cores).
+``concurrent_errors``, the batching figures, the big-body figures and the raw figures). Run:
+``python bench/serve.py`` (a few minutes on 2 cores); ``--quick`` for a small model and short runs.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from serve_batching import LEVELS, bench_paths, logprobs_cost, stream_breakdown, summary  # noqa: E402
 from serve_limits import bench_big_bodies  # noqa: E402
 
 from shared.genai_seed import GREEDY_SEED  # noqa: E402
@@ -280,7 +285,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--big-bodies", type=int, default=20, help="requests with a big body (RSS, /healthz latency)")
     p.add_argument("--big-body-mb", type=float, default=10.0)
+    p.add_argument("--levels", default=",".join(map(str, LEVELS)), help="concurrent clients for the batching sweep")
+    p.add_argument("--sweep-per-client", type=int, default=2)
+    p.add_argument("--quick", action="store_true", help="small model, short runs (development)")
     args = p.parse_args(argv)
+    if args.quick:
+        args.hidden, args.layers, args.tokens, args.reps, args.torch_reps = 256, 2, 48, 3, 1
+        args.per_client, args.big_bodies, args.big_body_mb, args.sweep_per_client = 1, 2, 2.0, 1
+    levels = tuple(int(x) for x in args.levels.split(","))
 
     from rich.console import Console
     from rich.table import Table
@@ -309,6 +321,10 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             proc.terminate()
             proc.wait(10)
+        console.print(f"batched vs sequential paths at {levels} concurrent clients ...")
+        paths = bench_paths(start_server, _request, og_dir, args.tokens, args.sweep_per_client, levels)
+        lp_cost = logprobs_cost(og_dir, args.tokens, args.reps)
+        breakdown = stream_breakdown(og_dir, args.tokens, args.reps)
         console.print(f"{args.big_bodies} requests with {args.big_body_mb:g} MB bodies (a fresh server) ...")
         big = bench_big_bodies(
             start_server, _request, og_dir, args.workers, args.big_bodies, args.big_body_mb, args.tokens // 4
@@ -339,6 +355,10 @@ def main(argv: list[str] | None = None) -> int:
         "http_nonstream_vs_inprocess": round(http["nonstream_tokens_per_s"] / og_tps, 3),
         "ortgenai_vs_torch": round(og_tps / torch_fig["tokens_per_s"], 2) if torch_fig else None,
         "concurrent_errors": conc["errors"],
+        **summary(paths),
+        "logprobs_cost_pct": round(lp_cost["logprobs_cost_pct"], 2),
+        # single stream, in-process: raw og loop -> the runtime's generate -> with serving's per-request asks
+        "stream_breakdown": {"raw_og_loop_tokens_per_s": round(og_tps, 1), **breakdown},
         # goals: <= 5 and <= 50 (issue #12: one 10 MB body grew the agent 164 -> 472 MB and stalled /healthz 3.3 s)
         "rss_growth_big_bodies_pct": round(big["rss_growth_pct"], 2),
         "healthz_p99_during_big_ms": round(big["healthz_p99_ms"], 1),
@@ -383,6 +403,14 @@ def main(argv: list[str] | None = None) -> int:
         f"healthz p99 {big['healthz_p99_ms']:.1f} ms",
         f"RSS {big['rss_growth_pct']:+.1f}%",
     )
+    for c in levels:
+        seq, bat = paths["sequential"][c], paths["batched"][c]
+        table.add_row(
+            f"{c} streaming clients: sequential | batched",
+            f"{seq['tokens_per_s']:.0f} | {bat['tokens_per_s']:.0f}",
+            f"p95 {seq['ttft_p95_ms']:.0f} | {bat['ttft_p95_ms']:.0f}",
+            f"x{bat['tokens_per_s'] / seq['tokens_per_s']:.2f}",
+        )
     Console().print(table)
     print(
         f"og.Generator creation: {create_ms['unseeded']:.2f} ms without a random_seed, "

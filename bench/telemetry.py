@@ -301,6 +301,7 @@ def main() -> None:
     p.add_argument("--no-held", action="store_true", help="skip agents_held_1/2 (1 vs 2 replicas, PostgreSQL)")
     p.add_argument("--held-cap", type=int, default=1600, help="most agents the held search tries (default 1600)")
     p.add_argument("--held-duration", type=float, default=15.0, help="seconds of load per size in the search")
+    p.add_argument("--held-start", type=int, default=50, help="agents the held search starts from (doubling)")
     p.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -374,7 +375,7 @@ def main() -> None:
         from telemetry_held import DEFAULT_PG, held_figures
 
         pg = args.db if args.db and args.db.startswith("postgres") else DEFAULT_PG
-        figures.update(held_figures(pg, 50, args.held_cap, args.held_duration, args.workers))
+        figures.update(held_figures(pg, args.held_start, args.held_cap, args.held_duration, args.workers))
     tmp.cleanup()
     print(json.dumps(figures))
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,15 +18,18 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from shared.errors import IntegrityError, InvalidArgument
+from shared.errors import Cancelled, IntegrityError, InvalidArgument
 
 CHUNK = 1 << 20
 
 
-def sha256_file(path: Path) -> str:
+def sha256_file(path: Path | str, cancel: threading.Event | None = None) -> str:
+    """The file's sha256 (hex); raises Cancelled between blocks once ``cancel`` is set (a stopping agent)."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         while block := fh.read(CHUNK):
+            if cancel is not None and cancel.is_set():
+                raise Cancelled(f"hashing {path} stopped: cancelled")
             digest.update(block)
     return digest.hexdigest()
 
@@ -54,6 +58,9 @@ class Manifest:
     golden: list[dict[str, str]] = field(default_factory=list)
     # For a runtime LoRA adapter: the base variant's "name:version" it applies to.
     adapter_of: str = ""
+    # The task's output JSON schema; with enforce_schema the agent guides chat requests by it by default.
+    output_schema: dict[str, Any] | None = None
+    enforce_schema: bool = False
     created_unix: float = 0.0
 
     @property

@@ -10,10 +10,10 @@ import functools
 import logging
 from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
 from shared.errors import ConfigError, UnknownProfile
 
@@ -59,6 +59,23 @@ PROVIDERS = {
 }
 
 
+class AuditSettings(BaseModel):
+    """Teacher-audited accuracy (``controller/loop/audit.py``): the controller asks the teacher about a share of
+    the sampled prompts (``sample_prompts`` must be on) and compares its answers with the device's."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = False
+    # Teacher calls per hour at most (the audit's cost), and the share of sampled prompts audited.
+    calls_per_hour: int = Field(default=120, ge=1)
+    share: float = Field(default=1.0, gt=0, le=1)
+    # Audits judged together (the most recent), and fewest before a drop can be called.
+    window: int = Field(default=60, ge=10)
+    min_audits: int = Field(default=30, ge=5)
+    # Teacher to ask: {"folder": PATH} or {"base_url": URL, "model": NAME}; empty: the version's lineage teacher.
+    teacher: dict[str, str] = Field(default_factory=dict)
+
+
 class DeviceProfile(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -79,10 +96,24 @@ class DeviceProfile(BaseModel):
     priority: int = 0
     sample_prompts: bool = False
     sample_cap: int = Field(default=20, ge=0)
+    # The task's output JSON schema; with enforce_schema, agents of this profile guide every chat request by it
+    # unless the request sets its own output constraint (response_format {"type": "text"} opts out). Issue #16.
+    output_schema: dict[str, Any] | None = None
+    enforce_schema: bool = False
+
+    @field_validator("enforce_schema")
+    @classmethod
+    def _schema_to_enforce(cls, v: bool, info: ValidationInfo) -> bool:
+        if v and not info.data.get("output_schema"):
+            raise ValueError("enforce_schema needs an output_schema (the task's output JSON schema)")
+        return v
+
     # Drift thresholds per profile (see controller/drift); unknown keys are refused there.
     drift: dict[str, float] = Field(default_factory=dict)
     # drift policy: auto | approve | off
     drift_policy: Literal["auto", "approve", "off"] = "auto"
+    # Teacher-audited accuracy: opt-in, with a budget of teacher calls per hour.
+    audit: AuditSettings = Field(default_factory=AuditSettings)
     # An Olive workflow (passes) a profile can carry to build its variant, e.g. for NPUs/GPUs.
     olive_workflow: dict | None = None
 

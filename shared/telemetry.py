@@ -104,6 +104,10 @@ class TelemetryWindowData:
     feedback_negative: int = 0
     sampled_prompts: list[str] = field(default_factory=list)
     health_ok: bool = True
+    # Drift signals (shared/signals.py): name -> {"counts": [...], "sum": s, "sum_sq": q}, aggregates only.
+    signals: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # The served model's answers to ``sampled_prompts`` (same order, or empty), for the teacher audit.
+    sampled_answers: list[str] = field(default_factory=list)
 
     def validate(self) -> TelemetryWindowData:
         """Check every field; raise :class:`InvalidTelemetry` naming the first bad one. Returns self."""
@@ -180,6 +184,8 @@ def _validate_window(w: TelemetryWindowData) -> None:
         raise InvalidTelemetry("health_ok", "must be a boolean")
     _validate_hist(w)
     _validate_prompts(w.sampled_prompts)
+    _validate_answers(w)
+    _validate_signals(w)
 
 
 def _validate_span(w: TelemetryWindowData) -> None:
@@ -252,11 +258,50 @@ def _validate_prompts(prompts: list[str]) -> None:
             raise InvalidTelemetry(f"sampled_prompts[{i}]", f"{len(p)} characters; at most {MAX_PROMPT_CHARS} allowed")
 
 
+def _validate_answers(w: TelemetryWindowData) -> None:
+    if w.sampled_answers and len(w.sampled_answers) != len(w.sampled_prompts):
+        raise InvalidTelemetry(
+            "sampled_answers", f"{len(w.sampled_answers)} answers for {len(w.sampled_prompts)} sampled prompts"
+        )
+    for i, a in enumerate(w.sampled_answers):
+        if not isinstance(a, str) or len(a) > MAX_PROMPT_CHARS:
+            raise InvalidTelemetry(
+                f"sampled_answers[{i}]", f"must be a string of at most {MAX_PROMPT_CHARS} characters"
+            )
+
+
+def _validate_signals(w: TelemetryWindowData) -> None:
+    from shared.signals import SIGNAL_EDGES
+
+    for name, raw in w.signals.items():
+        if name not in SIGNAL_EDGES:
+            raise InvalidTelemetry(f"signals[{name}]", f"unknown signal; known: {', '.join(SIGNAL_EDGES)}")
+        counts = raw.get("counts", []) if isinstance(raw, dict) else None
+        if not isinstance(counts, list) or len(counts) != len(SIGNAL_EDGES[name]) + 1:
+            raise InvalidTelemetry(f"signals[{name}].counts", f"must hold {len(SIGNAL_EDGES[name]) + 1} buckets")
+        for c in counts:
+            _check_int(f"signals[{name}].counts", c, 0, MAX_INT)
+        if sum(counts) > w.request_count:
+            raise InvalidTelemetry(f"signals[{name}].counts", f"count {sum(counts)} requests of {w.request_count}")
+        _check_float(f"signals[{name}].sum", raw.get("sum", 0.0))
+        if _check_float(f"signals[{name}].sum_sq", raw.get("sum_sq", 0.0)) < 0:
+            raise InvalidTelemetry(f"signals[{name}].sum_sq", "must be >= 0")
+
+
 # --- protobuf boundary ---------------------------------------------------------------------------------
 _SCALARS = tuple(
     f.name
     for f in fields(TelemetryWindowData)
-    if f.name not in ("model_name", "model_version", "prompt_len_hist", "prompt_len_edges", "sampled_prompts")
+    if f.name
+    not in (
+        "model_name",
+        "model_version",
+        "prompt_len_hist",
+        "prompt_len_edges",
+        "sampled_prompts",
+        "signals",
+        "sampled_answers",
+    )
 )
 
 
@@ -270,6 +315,9 @@ def window_to_pb(w: TelemetryWindowData) -> Any:
     msg.prompt_len_hist.extend(w.prompt_len_hist)
     msg.prompt_len_edges.extend(w.prompt_len_edges)
     msg.sampled_prompts.extend(w.sampled_prompts)
+    msg.sampled_answers.extend(w.sampled_answers)
+    for name, raw in sorted(w.signals.items()):
+        msg.signals.add(name=name, counts=raw["counts"], sum=raw.get("sum", 0.0), sum_sq=raw.get("sum_sq", 0.0))
     return msg
 
 
@@ -281,6 +329,10 @@ def window_from_pb(msg: Any) -> TelemetryWindowData:
         _validate_prompts(list(msg.sampled_prompts[: MAX_SAMPLED_PROMPTS + 1]))
     if len(msg.prompt_len_edges) > MAX_HIST_EDGES:
         raise InvalidTelemetry("prompt_len_edges", f"{len(msg.prompt_len_edges)} edges; at most {MAX_HIST_EDGES}")
+    if len(msg.signals) > MAX_HIST_EDGES or any(len(sig.counts) > MAX_HIST_EDGES for sig in msg.signals):
+        raise InvalidTelemetry("signals", f"at most {MAX_HIST_EDGES} signals of {MAX_HIST_EDGES} buckets")
+    if len(msg.sampled_answers) > MAX_SAMPLED_PROMPTS:
+        raise InvalidTelemetry("sampled_answers", f"{len(msg.sampled_answers)} answers; at most {MAX_SAMPLED_PROMPTS}")
     if len(msg.prompt_len_hist) > MAX_HIST_EDGES + 1:
         raise InvalidTelemetry("prompt_len_hist", f"{len(msg.prompt_len_hist)} buckets; at most {MAX_HIST_EDGES + 1}")
     w = TelemetryWindowData(
@@ -289,6 +341,8 @@ def window_from_pb(msg: Any) -> TelemetryWindowData:
         prompt_len_hist=list(msg.prompt_len_hist),
         prompt_len_edges=list(msg.prompt_len_edges),
         sampled_prompts=list(msg.sampled_prompts),
+        sampled_answers=list(msg.sampled_answers),
+        signals={sig.name: {"counts": list(sig.counts), "sum": sig.sum, "sum_sq": sig.sum_sq} for sig in msg.signals},
         **values,
     )
     _validate_window(w)

@@ -21,6 +21,7 @@ pytest_plugins = [
     "tests.fixtures.serving",
     "tests.fixtures.controller",
     "tests.fixtures.s3",
+    "tests.fixtures.ray",
 ]
 
 

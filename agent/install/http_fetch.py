@@ -4,7 +4,8 @@ Control stays on gRPC: ``GetArtifactUrls`` hands out short-lived URLs (cached he
 expire); the bytes come with ``GET <url>`` and ``Range: bytes=<offset>-`` over TLS with the pinned CA (stdlib
 http.client: the edge install has no httpx), read into fresh 4 MiB buffers that transfer.py/stream.py write
 durably as they do gRPC chunks (resume from the partial file, fsync, sha256 in VERIFY). TLS protects each byte
-on the wire, so chunks carry no crc32 (``crc32=None``).
+on the wire, so chunks carry no crc32 (``crc32=None``). A 503 (all download slots busy) is :class:`HttpBusy`:
+the downloader waits the server's ``Retry-After`` (tenacity, shared/retry.py) and asks again.
 
 :class:`FallbackFetch` uses HTTP while the controller answers GetArtifactUrls and gRPC ``DownloadArtifact``
 otherwise: an older controller (UNIMPLEMENTED) for good, an unreachable artifact port for that attempt.
@@ -53,6 +54,25 @@ class HttpUnsupported(TransferError):
 
 class HttpUnreachable(TransferError):
     """The artifact URL could not be connected to: this attempt goes over gRPC."""
+
+
+class HttpBusy(TransferError):
+    """503: every download slot of the server is taken. The downloader waits ``hint_s`` (the server's
+    ``Retry-After``) before it asks again; such a wait does not count as an attempt without progress."""
+
+    busy = True
+
+    def __init__(self, message: str, hint_s: float) -> None:
+        super().__init__(message)
+        self.hint_s = hint_s
+
+
+def retry_after_s(value: str | None, default: float = 1.0) -> float:
+    """Seconds from a ``Retry-After`` header (delay-seconds; an HTTP date or garbage: ``default``), at most 60."""
+    try:
+        return min(60.0, max(0.0, float(value))) if value else default
+    except ValueError:
+        return default
 
 
 def grpc_urls(channel: grpc.Channel, metadata: Sequence[tuple[str, str]], timeout_s: float = 15.0) -> UrlsFn:
@@ -194,6 +214,9 @@ def _check_status(response: http.client.HTTPResponse, sha: str, offset: int) -> 
     if status == 200 and offset == 0:
         return int(response.getheader("Content-Length", "0"))
     reason = _body(response)
+    if status == 503:
+        wait = retry_after_s(response.getheader("Retry-After"))
+        raise HttpBusy(f"artifact server busy for {sha[:12]}…: {reason} (retry after {wait:g} s)", wait)
     if status == 404:
         raise NotFound(f"the controller has no blob {sha[:12]}…: {reason}")
     if status == 416:

@@ -38,7 +38,6 @@ later rollback to it downloads them again.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
@@ -48,8 +47,8 @@ from typing import TYPE_CHECKING
 
 from agent.install.layout import SIDECAR, Layout, check_file_path, public_ref
 from agent.install.states import ModelRef
-from shared.errors import Cancelled, SlmopsError
-from shared.manifest import Manifest, verify
+from shared.errors import SlmopsError
+from shared.manifest import Manifest, sha256_file, verify
 
 if TYPE_CHECKING:
     from agent.install.machine import InstallMachine
@@ -94,16 +93,6 @@ class Verification:
         return f"{self.ref}: {files} files, {mb:.1f} MB hashed in {self.seconds:.2f} s{rate}"
 
 
-def _sha256(path: str, cancel: threading.Event | None) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(CHUNK):
-            if cancel is not None and cancel.is_set():
-                raise Cancelled(f"verification of {path} stopped: the agent is stopping")
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _signed_manifest(layout: Layout, ref: ModelRef, key_pem: bytes) -> Manifest:
     """The version's sidecar manifest, its signature checked with the pinned key; raises on any problem."""
     manifest = verify(*layout.read_sidecar(layout.version_dir(ref)), key_pem)
@@ -137,7 +126,7 @@ def verify_version(
             if size != entry.size:
                 result.damaged.append(Damage(entry.path, f"size {size} != {entry.size} in the manifest", entry.sha256))
                 continue
-            actual = _sha256(str(path), cancel)
+            actual = sha256_file(path, cancel)
         except FileNotFoundError:
             result.damaged.append(Damage(entry.path, "missing", entry.sha256))
             continue
@@ -193,25 +182,25 @@ class IntegrityGuard:
         Returns the current version's verification (None when there is no current version).
         """
         current = self.layout.read_pointer("current")
-        if when == IN_SCRUB:
-            self._scrub_previous(current)
+        previous = self._scrub_previous(current) if when == IN_SCRUB else None
         if current is None:
             return None
         result = self.verify(current)
         if result.ok:
             log.info("installed files verified %s: %s", when, result.summary())
             return result
-        self._repair(result, when)
+        self._repair(result, when, previous)
         return result
 
-    def _scrub_previous(self, current: ModelRef | None) -> None:
+    def _scrub_previous(self, current: ModelRef | None) -> Verification | None:
+        """Verify the previous version (deleting what failed); returns its verification, None without one."""
         previous = self.layout.read_pointer("previous")
         if previous is None or previous == current or not self.layout.version_dir(previous).is_dir():
-            return
+            return None
         result = self.verify(previous)
         if result.ok:
             log.info("previous version verified %s: %s", IN_SCRUB, result.summary())
-            return
+            return result
         log.error(
             "installed files of the previous version %s failed their sha256 check %s: %s; deleted them, a "
             "rollback to it downloads them again",
@@ -220,6 +209,7 @@ class IntegrityGuard:
             result.describe(),
         )
         self._quarantine(result)
+        return result
 
     def _quarantine(self, result: Verification) -> None:
         """Delete what failed: the damaged files, or the whole version when its manifest is unusable."""
@@ -230,11 +220,14 @@ class IntegrityGuard:
         for damage in result.damaged:
             (folder / damage.path).unlink(missing_ok=True)
 
-    def _intact_previous(self, damaged: ModelRef) -> Verification | None:
-        """The previous version's (passed) verification when it is installed and intact, else None."""
+    def _intact_previous(self, damaged: ModelRef, scrubbed: Verification | None = None) -> Verification | None:
+        """The previous version's (passed) verification when it is installed and intact, else None; ``scrubbed``:
+        this scrub's verification of it (not hashed again)."""
         previous = self.layout.read_pointer("previous")
         if previous is None or previous == damaged or not self.layout.version_dir(previous).is_dir():
             return None
+        if scrubbed is not None and scrubbed.ref == previous:
+            return scrubbed if scrubbed.ok else None  # a failed one was quarantined and logged by the scrub
         result = self.verify(previous)
         if result.ok:
             return result
@@ -242,7 +235,7 @@ class IntegrityGuard:
         self._quarantine(result)
         return None
 
-    def _repair(self, result: Verification, when: str) -> None:
+    def _repair(self, result: Verification, when: str, scrubbed: Verification | None = None) -> None:
         ref = result.ref
         message = f"installed files of {public_ref(ref)} failed their sha256 check {when}: {result.describe()}"
         log.error("%s", message)
@@ -251,7 +244,7 @@ class IntegrityGuard:
             manifest_json, signature = self.layout.read_sidecar(self.layout.version_dir(ref))
         except OSError:
             manifest_json = signature = b""
-        fallback = self._serve_meanwhile(ref, self._intact_previous(ref))
+        fallback = self._serve_meanwhile(ref, self._intact_previous(ref, scrubbed))
         meanwhile = f"{public_ref(fallback)} serves meanwhile" if fallback else "nothing serves meanwhile"
         message += f"; downloading them again ({meanwhile})" if manifest_json else f"; {meanwhile}"
         last = self.machine.snapshot.record

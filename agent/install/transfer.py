@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,6 +39,8 @@ __all__ = [
     "free_bytes",
     "part_path",
 ]
+# Refusals by a busy server (HTTP 503, RESOURCE_EXHAUSTED) in a row that count as one attempt without progress.
+BUSY_PER_STALL = 30
 RETRY_AFTER_KEY = "retry-after-ms"  # same key as controller.registry.transfer.RETRY_AFTER_KEY
 RETRYABLE = frozenset(
     {
@@ -135,28 +138,43 @@ class _Stalls:
     def __init__(self, state: Session, limit: int) -> None:
         self.state, self.limit = state, limit
         self.count = 0
+        self.busy = 0
         self._start = state.pos
 
     def begin(self, _: RetryCallState) -> None:
         self._start = self.state.pos
 
-    def failed(self, _: RetryCallState) -> None:
-        self.count = 1 if self.state.pos > self._start else self.count + 1
+    def failed(self, rs: RetryCallState) -> None:
+        if self.state.pos > self._start:
+            self.count, self.busy = 1, 0
+        elif not _busy(rs):
+            self.count += 1
+        else:  # a busy server said when to come back: one stall per BUSY_PER_STALL such refusals in a row
+            self.busy += 1
+            self.count += self.busy % BUSY_PER_STALL == 0
 
     def exhausted(self, _: RetryCallState) -> bool:
         return 0 < self.limit <= self.count
 
     @staticmethod
     def hint_s(rs: RetryCallState) -> float:
-        """The controller's retry-after for the failed attempt (a floor for the wait), else 0."""
+        """The controller's retry-after for the failed attempt (a floor for the wait, spread by up to a quarter
+        so that refused agents do not all come back at once), else 0."""
         error = rs.outcome.exception() if rs.outcome is not None else None
-        return float(getattr(error, "hint_s", 0.0))
+        return float(getattr(error, "hint_s", 0.0)) * random.uniform(1.0, 1.25)
+
+
+def _busy(rs: RetryCallState) -> bool:
+    """The failed attempt was refused because the server was busy (HTTP 503, gRPC RESOURCE_EXHAUSTED)."""
+    error = rs.outcome.exception() if rs.outcome is not None else None
+    return bool(getattr(error, "busy", False))
 
 
 class _RetryableRpc(TransferError):
-    def __init__(self, message: str, hint_s: float) -> None:
+    def __init__(self, message: str, hint_s: float, busy: bool = False) -> None:
         super().__init__(message)
         self.hint_s = hint_s  # the controller's retry-after, a floor for the wait
+        self.busy = busy
 
 
 def _stream(state: Session, fetch: FetchFn, max_bytes_per_s: int) -> None:
@@ -173,7 +191,8 @@ def _stream(state: Session, fetch: FetchFn, max_bytes_per_s: int) -> None:
             raise NotFound(f"the controller has no blob for {entry.path} ({entry.sha256[:12]}…): {details}") from exc
         if code not in RETRYABLE:
             raise InstallError(f"download of {entry.path} refused ({code}): {details}") from exc
-        raise _RetryableRpc(f"{code.name if code else 'error'}: {details}", _retry_hint(exc)) from exc
+        busy = code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        raise _RetryableRpc(f"{code.name if code else 'error'}: {details}", _retry_hint(exc), busy) from exc
 
 
 def _retry_hint(exc: grpc.RpcError) -> float:

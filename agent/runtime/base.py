@@ -127,6 +127,14 @@ class GenParams:
     adapter: str | None = None
     # Also compute the prompt's mean per-token NLL from the prefill logits (reported on the last event).
     want_prompt_nll: bool = False
+    # Report the sampled token's log-probability and the step's entropy on each TokenEvent (output confidence).
+    want_logprobs: bool = False
+    # The client asked for logprobs (OpenAI ``logprobs``): a path that cannot give them must not take the request.
+    logprobs_required: bool = False
+    # Alternatives per token reported with the logprobs (OpenAI ``top_logprobs``, 0-20).
+    top_logprobs: int = 0
+    # Guided decoding: (kind, data) with kind 'json_schema', 'regex' or 'lark_grammar' (LLGuidance).
+    guidance: tuple[str, str] | None = None
 
     @property
     def greedy(self) -> bool:
@@ -142,6 +150,14 @@ class TokenEvent:
     finish_reason: FinishReason | None = None
     prompt_tokens: int | None = None
     prompt_nll: float | None = None
+    # With GenParams.want_logprobs: natural-log probability of each token in this event, and the entropy (nats)
+    # of the distribution each was sampled from; None when the runtime cannot give them. Unless the client asked
+    # for logprobs (logprobs_required), a runtime may report them in blocks: an event (or the final one) then
+    # carries the figures of every token since the last event that carried any, in order.
+    logprobs: list[float] | None = None
+    entropies: list[float] | None = None
+    # With GenParams.top_logprobs: per token, the most likely (token text, logprob) alternatives.
+    top_logprobs: list[list[tuple[str, float]]] | None = None
 
 
 @dataclass
@@ -214,6 +230,12 @@ class LoadedModel(ABC):
     @abstractmethod
     def prompt_nll(self, text: str) -> float:
         """Mean per-token negative log-likelihood of ``text`` under the model (drift signal)."""
+
+    # --- guided decoding ----------------------------------------------------------------------------------
+    def check_guidance(self, kind: str, data: str) -> None:
+        """Raise :class:`InvalidArgument` naming what the backend cannot enforce in ``data`` (a JSON schema,
+        regex or Lark grammar); :class:`CapabilityNotSupported` when it cannot guide decoding at all."""
+        raise CapabilityNotSupported(self.runtime_name, "guided decoding (response_format, tools, guided_*)")
 
     # --- adapters -----------------------------------------------------------------------------------------
     @property

@@ -10,7 +10,8 @@ Limits (raise :class:`CapabilityNotSupported`):
 - raw text completions: Foundry chat sessions take messages only (``/v1/completions`` needs ort-genai);
 - ``prompt_nll``: the SDK exposes no logits (drift telemetry reports no perplexity on this backend);
 - runtime LoRA adapters; ``apply_chat_template`` (Foundry applies the template internally);
-- ``ignore_eos``.
+- ``ignore_eos``; guided decoding (``response_format``, tools, ``guided_*``: the SDK's RequestOptions take only
+  search options, no grammar) and logprobs (no logits).
 ``count_tokens(text)`` is derived from two preflights (the text, and a one-token text, in a user message): an
 approximation (BPE merges across the template boundary can shift it by a token); ``count_prompt_tokens`` is
 exact. The active execution provider is the one the folder's
@@ -173,6 +174,10 @@ class FoundryLocalModel(LoadedModel):
             raise CapabilityNotSupported(NAME, "runtime LoRA adapters", "use the ort-genai runtime")
         if params.ignore_eos:
             raise CapabilityNotSupported(NAME, "ignore_eos")
+        if params.guidance is not None:
+            raise CapabilityNotSupported(NAME, "guided decoding", "use the ort-genai runtime")
+        if params.logprobs_required:
+            raise CapabilityNotSupported(NAME, "logprobs (the SDK exposes no logits)", "use the ort-genai runtime")
         fl = self._fl
         yielded = 0
         finish = "length"

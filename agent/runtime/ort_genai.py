@@ -1,4 +1,16 @@
-"""The onnxruntime-genai backend (the default): in-process ``og.Model`` + ``og.Generator`` per request."""
+"""The onnxruntime-genai backend (the default): in-process ``og.Model`` + ``og.Generator`` per request, or
+continuous batching through ``og.Engine`` (:mod:`agent.runtime.og_engine`).
+
+``batching`` (runtime option): ``"off"``: one ``og.Generator`` per request (every feature: logits for
+logprobs/NLL, seeded sampling, adapters); ``"engine"``: every request the engine can serve goes through it;
+``"auto"``: a request goes to the engine only while another one is generating, so a lone request keeps the
+generator path's logprobs (output-confidence telemetry) and concurrent ones are batched. Default (None): ``off``
+on CPU, ``auto`` on an accelerator. Measured on this project's 2-core CPU VM (bench/serve.py): the CPU
+static-batch engine gives no aggregate speed-up on a 20 M-parameter int4 model (MatMulNBits decode is
+compute-bound: a batch of 8 steps ~8x slower) and only amortizes per-step overhead on a tiny one, while it
+costs seeded sampling and the telemetry logprobs of the requests it serves.
+Guided decoding (LLGuidance): ``GenParams.guidance`` -> ``GeneratorParams.set_guidance`` / ``TurnOptions``.
+"""
 
 from __future__ import annotations
 
@@ -26,6 +38,8 @@ from agent.runtime.base import (
     default_model_id,
     read_genai_config,
 )
+from agent.runtime.logprobs import Confidence
+from agent.runtime.og_engine import EngineBatcher
 from agent.runtime.registry import register_runtime
 from shared.errors import InvalidArgument, ModelLoadError
 from shared.genai_seed import GREEDY_SEED, search_seed
@@ -36,6 +50,9 @@ log = logging.getLogger(__name__)
 _NLL_ROWS = 64
 # Prompts whose token ids are kept between counting them (admission) and generating from them.
 _RECENT_PROMPTS = 32
+# Guidance specs checked (kind, data) -> error message or None.
+_CHECKED_GUIDANCE = 256
+BATCHING_MODES = ("off", "engine", "auto")
 
 
 def _import_og() -> Any:
@@ -79,6 +96,46 @@ class OrtGenaiModel(LoadedModel):
         # the chat template and the tokenizer run once per request, not twice.
         self._recent_ids: OrderedDict[Prompt, np.ndarray] = OrderedDict()
         self._ids_lock = threading.Lock()
+        self._guidance_checked: OrderedDict[tuple[str, str], str | None] = OrderedDict()
+        self.batching = "off"
+        self._batcher: EngineBatcher | None = None
+        self._in_flight = 0
+
+    def enable_batching(self, mode: str) -> None:
+        """Start the ``og.Engine`` scheduler (``engine``/``auto``); ``off`` keeps the generator path only."""
+        if mode not in BATCHING_MODES:
+            raise InvalidArgument(f"batching must be one of {', '.join(BATCHING_MODES)}, not '{mode}'")
+        self.batching = mode
+        if mode != "off" and self._batcher is None:
+            self._batcher = EngineBatcher(self._og, self._model, self._tokenizer, self._eos, self.context_length)
+            self.info.extra["max_batch"] = self._batcher.max_batch
+
+    def _use_engine(self, params: GenParams) -> bool:
+        if self._batcher is None or not EngineBatcher.can_serve(params):
+            return False
+        return self.batching == "engine" or self._in_flight > 1  # counts this request
+
+    # --- guided decoding ----------------------------------------------------------------------------------
+    def check_guidance(self, kind: str, data: str) -> None:
+        key = (kind, data)
+        with self._ids_lock:
+            known = key in self._guidance_checked
+            error = self._guidance_checked.get(key)
+        if not known:
+            error = None
+            try:
+                gp = self._og.GeneratorParams(self._model)
+                gp.set_search_options(max_length=2)
+                gp.set_guidance(kind, data)
+                self._og.Generator(self._model, gp)  # LLGuidance compiles the grammar here
+            except Exception as exc:
+                error = str(exc)
+            with self._ids_lock:
+                self._guidance_checked[key] = error
+                while len(self._guidance_checked) > _CHECKED_GUIDANCE:
+                    self._guidance_checked.popitem(last=False)
+        if error:
+            raise InvalidArgument(f"the {kind} cannot be enforced by this runtime (LLGuidance): {error}")
 
     # --- text -----------------------------------------------------------------------------------------------
     def encode(self, text: str) -> np.ndarray:
@@ -125,6 +182,8 @@ class OrtGenaiModel(LoadedModel):
             options["min_length"] = max_length
         gp = self._og.GeneratorParams(self._model)
         gp.set_search_options(**options)
+        if params.guidance is not None:
+            gp.set_guidance(*params.guidance)
         return gp
 
     def generate(self, prompt: Prompt, params: GenParams, cancel: threading.Event) -> Iterator[TokenEvent]:
@@ -136,6 +195,17 @@ class OrtGenaiModel(LoadedModel):
             raise InvalidArgument(
                 f"the prompt has {len(ids)} tokens; this model's context is {self.context_length} tokens"
             )
+        self._in_flight += 1
+        try:
+            if self._use_engine(params):
+                assert self._batcher is not None
+                yield from self._batcher.generate(ids, params, cancel)
+            else:
+                yield from self._generate(ids, params, cancel)
+        finally:
+            self._in_flight -= 1
+
+    def _generate(self, ids: np.ndarray, params: GenParams, cancel: threading.Event) -> Iterator[TokenEvent]:
         generator = self._og.Generator(self._model, self._params(len(ids), params))
         if params.adapter:
             self._activate_adapter(generator, params.adapter)
@@ -148,6 +218,8 @@ class OrtGenaiModel(LoadedModel):
         cancelled, done = cancel.is_set, generator.is_done
         next_token, next_tokens = generator.generate_next_token, generator.get_next_tokens
         eos = frozenset() if params.ignore_eos else self._eos
+        want = params.want_logprobs or params.logprobs_required
+        stats = Confidence(generator, params, self._tokenizer, self._vocab(generator)) if want else None
         produced = 0
         budget = min(params.max_new_tokens, self.context_length - len(ids))
         finish = "length"
@@ -158,15 +230,28 @@ class OrtGenaiModel(LoadedModel):
             if done():
                 finish = "stop"
                 break
+            if stats is not None:
+                stats.capture()
             next_token()
             token = int(next_tokens()[0])
             produced += 1
+            ev = TokenEvent("") if token in eos else TokenEvent(decode(token))
+            if stats is not None:
+                stats.fill(ev, token)
+            yield ev
             if token in eos:
-                yield TokenEvent("")
                 finish = "stop"
                 break
-            yield TokenEvent(decode(token))
-        yield TokenEvent(text="", token_count=0, finish_reason=finish, prompt_tokens=len(ids), prompt_nll=nll)  # type: ignore[arg-type]
+        last = TokenEvent(text="", token_count=0, finish_reason=finish, prompt_tokens=len(ids), prompt_nll=nll)  # type: ignore[arg-type]
+        if stats is not None:
+            stats.flush(last)
+        yield last
+
+    def _vocab(self, generator: Any) -> int:
+        vocab = self.info.extra.get("logits_width")
+        if vocab is None:
+            vocab = self.info.extra["logits_width"] = int(np.asarray(generator.get_logits()).shape[-1])
+        return int(vocab)
 
     def prompt_nll(self, text: str) -> float:
         ids = self.encode(text)[-(self.context_length - 1) :]
@@ -207,6 +292,9 @@ class OrtGenaiModel(LoadedModel):
         if self.closed:
             return
         super().close()
+        if self._batcher is not None:
+            self._batcher.close()
+            self._batcher = None
         self._adapters = None
         with self._ids_lock:
             self._recent_ids.clear()
@@ -221,6 +309,11 @@ class OrtGenaiRuntime(Runtime):
 
     name = "ort-genai"
 
+    def __init__(self, batching: str | None = None, max_batch: int = 8) -> None:
+        if batching is not None and batching not in BATCHING_MODES:
+            raise InvalidArgument(f"batching must be one of {', '.join(BATCHING_MODES)}, not '{batching}'")
+        self.batching, self.max_batch = batching, max_batch
+
     def load(
         self,
         model_dir: Path,
@@ -233,8 +326,9 @@ class OrtGenaiRuntime(Runtime):
         model_dir = Path(model_dir)
         genai_config = read_genai_config(model_dir)
         started = time.perf_counter()
+        mode = self.batching or ("off" if provider == "cpu" else "auto")
         try:
-            model = og.Model(self._config(og, model_dir, provider))
+            model = og.Model(self._config(og, model_dir, provider, mode))
         except Exception as exc:
             if provider == "cpu" or not allow_fallback:
                 raise ModelLoadError(
@@ -242,7 +336,8 @@ class OrtGenaiRuntime(Runtime):
                 ) from exc
             log.warning("provider %s unavailable for %s (%s); falling back to CPU", provider, model_dir, exc)
             try:
-                model = og.Model(self._config(og, model_dir, "cpu"))
+                mode = self.batching or "off"
+                model = og.Model(self._config(og, model_dir, "cpu", mode))
             except Exception as exc2:
                 raise ModelLoadError(f"onnxruntime-genai could not load {model_dir}: {exc2}") from exc2
         device = str(model.device_type)
@@ -265,11 +360,18 @@ class OrtGenaiRuntime(Runtime):
             time.perf_counter() - started,
             provider,
         )
-        return OrtGenaiModel(og, model, info, genai_config)
+        loaded = OrtGenaiModel(og, model, info, genai_config)
+        if mode != "off":
+            try:
+                loaded.enable_batching(mode)
+            except Exception as exc:  # a folder the engine cannot schedule: the generator path serves it
+                log.warning("og.Engine unavailable for %s (%s); serving without batching", model_dir, exc)
+        return loaded
 
-    @staticmethod
-    def _config(og: Any, model_dir: Path, provider: str) -> Any:
+    def _config(self, og: Any, model_dir: Path, provider: str, batching: str) -> Any:
         config = og.Config(str(model_dir))
+        if batching != "off" and "engine" not in read_genai_config(model_dir):  # the folder's own wins
+            config.overlay(json.dumps({"engine": {"static_batching": {"max_batch_size": self.max_batch}}}))
         config.clear_providers()
         if provider != "cpu":
             config.append_provider(provider)

@@ -32,7 +32,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-queue", type=int, default=16)
     p.add_argument("--profile", default="")
     p.add_argument("--temperature", type=float, default=1.0, help="default when a request does not say")
-    p.add_argument("--nll-sample-rate", type=float, default=1.0)
+    p.add_argument("--nll-sample-rate", type=float, default=0.0)
     p.add_argument("--stream-interval-ms", type=float, default=15.0, help="min ms between SSE chunks (0 = per token)")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body (413 beyond)")
     p.add_argument(
@@ -42,6 +42,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--tune-malloc", action="store_true", help="apply the agent's malloc tuning (as `slmops agent run` does)"
     )
+    p.add_argument(
+        "--batching",
+        default=None,
+        choices=["off", "engine", "auto"],
+        help="ort-genai: og.Engine continuous batching (auto: only while another request is generating; "
+        "default: off on CPU, auto on an accelerator)",
+    )
+    p.add_argument("--max-batch", type=int, default=8, help="og.Engine static batch size (ort-genai)")
+    p.add_argument("--no-record-logprobs", action="store_true", help="skip per-token logprobs for telemetry")
     p.add_argument("--log-level", default="WARNING")
     return p.parse_args(argv)
 
@@ -53,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
         from agent.install.tuning import tune_malloc_for_streaming
 
         tune_malloc_for_streaming()
-    model = get_runtime(args.runtime).load(args.model, args.provider, model_id=args.model_id)
+    options = {"batching": args.batching, "max_batch": args.max_batch} if args.runtime == "ort-genai" else {}
+    model = get_runtime(args.runtime, **options).load(args.model, args.provider, model_id=args.model_id)
     config = ServingConfig(
         host=args.host,
         port=args.port,
@@ -67,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         max_body_bytes=args.max_body_bytes,
         read_timeout_s=args.read_timeout,
         metrics_require_key=False if args.open_metrics else None,
+        record_logprobs=not args.no_record_logprobs,
     )
     serving = Serving(config, require_health=False)
     serving.swap(model, args.version)

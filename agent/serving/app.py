@@ -125,11 +125,20 @@ def _add_api(app: FastAPI, serving: Serving, require_key: Callable[[Request], Aw
     guard = [Depends(require_key)]
     offload = Offload()
 
+    def card(model_id: str, now: int) -> dict[str, Any]:
+        handle = serving.slot.current
+        base = handle.model.model_id if handle else model_id
+        out: dict[str, Any] = {"id": model_id, "object": "model", "created": now, "owned_by": "slmops"}
+        out["context_length"] = handle.model.context_length if handle else None
+        out["root"] = base
+        out["parent"] = base if model_id != base else None
+        out["kind"] = "adapter" if model_id != base else "base"
+        return out
+
     @app.get("/v1/models", dependencies=guard)
     async def models() -> dict[str, Any]:
         now = int(time.time())
-        data = [{"id": i, "object": "model", "created": now, "owned_by": "slmops"} for i in serving.served_ids()]
-        return {"object": "list", "data": data}
+        return {"object": "list", "data": [card(i, now) for i in serving.served_ids()]}
 
     @app.get("/v1/models/{model_id:path}", dependencies=guard)
     async def model(model_id: str) -> Response:
@@ -137,7 +146,7 @@ def _add_api(app: FastAPI, serving: Serving, require_key: Callable[[Request], Aw
             return error_response(
                 404, f"The model '{model_id}' does not exist", "invalid_request_error", "model", "model_not_found"
             )
-        return JSONResponse({"id": model_id, "object": "model", "created": int(time.time()), "owned_by": "slmops"})
+        return JSONResponse(card(model_id, int(time.time())))
 
     # The completion routes are plain Starlette routes: the body is validated straight from its JSON bytes
     # (pydantic's JSON mode) without FastAPI's dependency and body machinery on every request.

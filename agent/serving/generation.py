@@ -137,12 +137,25 @@ class Outcome:
     prompt_tokens: int
     completion_tokens: int
     cancelled: bool
+    # OpenAI logprobs content entries when the client asked for logprobs
+    logprobs: list[dict[str, Any]] | None = None
+
+
+def logprob_entry(ev: Any) -> dict[str, Any]:
+    """The OpenAI ``logprobs.content`` entry of a one-token event."""
+    tops = (ev.top_logprobs or [[]])[0]
+    return {
+        "token": ev.text,
+        "logprob": ev.logprobs[0],
+        "bytes": list(ev.text.encode()),
+        "top_logprobs": [{"token": t, "logprob": v, "bytes": list(t.encode())} for t, v in tops],
+    }
 
 
 class _Tally:
     """What a generation's events said so far: token timing and count, finish reason, prompt NLL and size."""
 
-    __slots__ = ("finish", "first_at", "last_at", "nll", "prompt_tokens", "tokens")
+    __slots__ = ("entropies", "finish", "first_at", "last_at", "logprobs", "nll", "prompt_tokens", "tokens")
 
     def __init__(self, prompt_tokens: int) -> None:
         self.first_at: float | None = None
@@ -151,8 +164,15 @@ class _Tally:
         self.finish = "length"
         self.nll: float | None = None
         self.prompt_tokens = prompt_tokens
+        self.logprobs: list[float] | None = None
+        self.entropies: list[float] | None = None
 
     def add(self, ev: Any) -> None:
+        if ev.logprobs:
+            if self.logprobs is None:
+                self.logprobs, self.entropies = [], []
+            self.logprobs.extend(ev.logprobs)
+            self.entropies.extend(ev.entropies or ())  # type: ignore[union-attr]
         if ev.token_count:
             self.last_at = time.perf_counter()
             if self.first_at is None:
@@ -187,6 +207,11 @@ class Generation:
         self.channel, self.arrival, self.on_finish = channel, arrival, on_finish
         self.cancel = threading.Event()
         self.stop_hit = False
+        # the client asked for logprobs: OpenAI entries per token
+        self.logprob_entries: list[dict[str, Any]] | None = [] if params.logprobs_required else None
+        # tool calls: the answer is parsed at the end, so nothing streams per token
+        self.hold_output = False
+        self.functions: dict[str, Any] | None = None
 
     def job(self) -> Job:
         return Job(run=self.run, cancel=self.cancel, on_skip=self.skipped)
@@ -206,13 +231,18 @@ class Generation:
     def run(self, job: Job) -> None:
         matcher = StopMatcher(self.stops) if self.stops else None
         # Non-streaming requests send nothing per token: the answer crosses to the event loop once, at the end.
-        send = self.channel.put if self.stream else None
+        send = self.channel.put if self.stream and not self.hold_output else None
+        entries = self.logprob_entries
         pieces: list[str] = []
         append = pieces.append
         tally = _Tally(self.prompt_tokens)
         try:
             for ev in self.lease.model.generate(self.prompt, self.params, self.cancel):
                 tally.add(ev)
+                if entries is not None and ev.logprobs and not self.stop_hit:
+                    entries.append(logprob_entry(ev))
+                    if send is not None:
+                        send("logprobs", entries[-1])
                 text = ev.text
                 if text and matcher is not None:
                     text = self._before_stop(matcher, text)
@@ -230,7 +260,7 @@ class Generation:
             log.warning("request %s failed: %s", self.request_id, exc, exc_info=not hasattr(exc, "code"))
             t, text = tally, "".join(pieces)
             self._record(
-                job, text, t.first_at, t.last_at, t.tokens, None, None, type(exc).__name__, False, t.prompt_tokens
+                job, text, t.first_at, t.last_at, t.tokens, None, None, type(exc).__name__, False, t.prompt_tokens, t
             )
             self._answer(job, "error", exc)
         finally:
@@ -250,8 +280,9 @@ class Generation:
         cancelled = t.finish == "cancelled" and not self.stop_hit
         finish = "stop" if self.stop_hit else t.finish
         # the record first: once the client has its answer, telemetry and feedback ids are in place
-        self._record(job, text, t.first_at, t.last_at, t.tokens, finish, t.nll, None, cancelled, t.prompt_tokens)
-        self._answer(job, "done", Outcome(text, finish, t.prompt_tokens, t.tokens, cancelled))
+        self._record(job, text, t.first_at, t.last_at, t.tokens, finish, t.nll, None, cancelled, t.prompt_tokens, t)
+        outcome = Outcome(text, finish, t.prompt_tokens, t.tokens, cancelled, self.logprob_entries)
+        self._answer(job, "done", outcome)
 
     def _record(
         self,
@@ -265,6 +296,7 @@ class Generation:
         error_type: str | None,
         cancelled: bool,
         prompt_tokens: int | None = None,
+        tally: _Tally | None = None,
     ) -> None:
         end = time.perf_counter()
         itl = None
@@ -292,6 +324,8 @@ class Generation:
             finish_reason=finish,
             error_type=error_type,
             started_unix=time.time() - (end - self.arrival),
+            token_logprobs=tally.logprobs if tally is not None else None,
+            token_entropies=tally.entropies if tally is not None else None,
         )
         try:
             self.on_finish(rec)

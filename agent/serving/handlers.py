@@ -19,13 +19,13 @@ import anyio
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from agent.runtime.base import GenParams, Prompt
-from agent.serving import schemas
-from agent.serving.errors import QueueFull, RequestCancelled, error_body, response_for
+from agent.runtime.base import CapabilityNotSupported, GenParams, LoadedModel, Prompt
+from agent.serving import guidance, schemas, tools
+from agent.serving.errors import QueueFull, RequestCancelled, RequestFieldError, error_body, response_for
 from agent.serving.generation import EventChannel, Generation, Outcome, ResultChannel
 from agent.serving.model_slot import Lease
 from agent.serving.service import Serving
-from shared.errors import SlmopsError
+from shared.errors import InvalidArgument, SlmopsError
 
 log = logging.getLogger(__name__)
 
@@ -77,10 +77,62 @@ async def handle_completion(serving: Serving, request: Request, body: Body, offl
     return await _collect(gen, request, body.model, chat)
 
 
-def _prepare(serving: Serving, lease: Lease, body: Body, endpoint: str) -> tuple[Prompt, GenParams, int]:
-    """The prompt, its decoding params and token count (400s for what the model cannot take)."""
+class Plan:
+    """What a request asks of decoding besides its sampling settings: guidance, tools, logprobs."""
+
+    def __init__(self) -> None:
+        self.guidance: tuple[str, str] | None = None
+        self.functions: dict[str, Any] | None = None
+        self.tools_prompt: str | None = None
+        self.logprobs = False
+        self.top_logprobs = 0
+
+
+def _check_guidance(model: LoadedModel, field: str, spec: tuple[str, str]) -> None:
+    """400 naming ``field`` when the backend cannot enforce ``spec`` (never silently unguided)."""
+    try:
+        model.check_guidance(*spec)
+    except CapabilityNotSupported as exc:
+        raise RequestFieldError(field, exc.message, code="unsupported") from exc
+    except InvalidArgument as exc:
+        raise RequestFieldError(field, exc.message, code="unsupported_schema") from exc
+
+
+def _chat_plan(serving: Serving, model: LoadedModel, body: schemas.ChatCompletionRequest) -> Plan:
+    plan = Plan()
+    found: tuple[str, tuple[str, str] | None] | None = None
+    if body.tools:
+        mode, functions = tools.chosen(body.tools, body.tool_choice)
+        if mode != "none":
+            plan.functions, plan.tools_prompt = functions, tools.system_prompt(functions)
+            found = ("tools", tools.guidance(mode, functions, body.parallel_tool_calls is not False))
+    elif body.tool_choice not in (None, "none", "auto"):
+        raise RequestFieldError("tool_choice", "tool_choice asks for a tool call but the request has no tools")
+    own = guidance.request_spec(body.response_format, body.guided_json, body.guided_regex, body.guided_grammar)
+    if own is not None and found is not None:
+        raise RequestFieldError(own[0], f"{own[0]} cannot be combined with tools; send one or the other")
+    found = found or own
+    explicit_text = (body.response_format or {}).get("type") == "text"
+    if found is None and serving.config.enforce_schema and serving.config.output_schema and not explicit_text:
+        found = ("output_schema", guidance.schema_spec(serving.config.output_schema))
+    if found is not None and found[1] is not None:
+        _check_guidance(model, found[0], found[1])
+        plan.guidance = found[1]
+    if body.logprobs:
+        if model.runtime_name == "foundry-local":
+            raise RequestFieldError("logprobs", "logprobs are not supported by the foundry-local runtime")
+        plan.logprobs, plan.top_logprobs = True, body.top_logprobs or 0
+    return plan
+
+
+def _prepare(serving: Serving, lease: Lease, body: Body, endpoint: str) -> tuple[Prompt, GenParams, int, Plan]:
+    """The prompt, its decoding params, token count and plan (400s for what the model cannot take)."""
     adapter = serving.resolve_model(body.model, lease.model)
-    prompt = body.to_prompt()
+    if isinstance(body, schemas.ChatCompletionRequest):
+        plan = _chat_plan(serving, lease.model, body)
+        prompt = body.to_prompt(plan.tools_prompt)
+    else:
+        plan, prompt = Plan(), body.to_prompt()
     params, prompt_tokens = serving.build_params(
         lease.model,
         prompt,
@@ -92,8 +144,11 @@ def _prepare(serving: Serving, lease: Lease, body: Body, endpoint: str) -> tuple
         ignore_eos=body.ignore_eos,
         adapter=adapter,
         prompt_param="messages" if endpoint == "chat" else "prompt",
+        guidance=plan.guidance,
+        logprobs=plan.logprobs,
+        top_logprobs=plan.top_logprobs,
     )
-    return prompt, params, prompt_tokens
+    return prompt, params, prompt_tokens, plan
 
 
 async def _admit(
@@ -101,7 +156,7 @@ async def _admit(
 ) -> Generation:
     lease = serving.slot.lease()
     try:
-        prompt, params, prompt_tokens = await offload.run(size, _prepare, serving, lease, body, endpoint)
+        prompt, params, prompt_tokens, plan = await offload.run(size, _prepare, serving, lease, body, endpoint)
         loop = asyncio.get_running_loop()
         prefix = "chatcmpl-" if endpoint == "chat" else "cmpl-"
         interval = serving.config.stream_interval_ms / 1000.0
@@ -119,6 +174,8 @@ async def _admit(
             arrival=arrival,
             on_finish=serving.finish,
         )
+        gen.functions = plan.functions
+        gen.hold_output = plan.functions is not None
         serving.queue.submit(gen.job())
     except BaseException:
         lease.release()
@@ -157,12 +214,31 @@ async def _wait_disconnect(request: Request) -> None:
             return
 
 
+def _tool_calls(gen: Generation, out: Outcome) -> list[dict[str, Any]] | None:
+    if gen.functions is None or out.finish_reason == "cancelled":
+        return None
+    return tools.parse_calls(out.text, gen.functions)
+
+
 def _full_response(gen: Generation, out: Outcome, model: str, chat: bool) -> JSONResponse:
-    build = schemas.chat_completion if chat else schemas.text_completion
-    payload = build(
-        gen.request_id, model, out.text, out.finish_reason, out.prompt_tokens, out.completion_tokens, _fingerprint(gen)
-    )
+    args = (gen.request_id, model, out.text, out.finish_reason, out.prompt_tokens, out.completion_tokens)
+    if not chat:
+        payload = schemas.text_completion(*args, _fingerprint(gen))
+    else:
+        calls = _tool_calls(gen, out)
+        if calls:
+            args = (*args[:3], "tool_calls", *args[4:])
+        payload = schemas.chat_completion(*args, _fingerprint(gen), tool_calls=calls, logprobs=out.logprobs)
     return JSONResponse(payload, headers={"X-Request-Id": gen.request_id})
+
+
+def _held_chunks(gen: Generation, out: Outcome, chunk: Callable[..., str]) -> tuple[str, str]:
+    """A tool-call request's answer, sent at the end: tool_calls deltas or the text; and its finish reason."""
+    calls = _tool_calls(gen, out)
+    if not calls:
+        return (chunk(out.text) if out.text else ""), out.finish_reason
+    deltas = [{"index": i, **call} for i, call in enumerate(calls)]
+    return chunk(None, None, {"tool_calls": deltas}), "tool_calls"
 
 
 def _error_response(exc: BaseException) -> Response:
@@ -171,40 +247,58 @@ def _error_response(exc: BaseException) -> Response:
     return JSONResponse(error_body(f"generation failed: {exc}", "server_error"), status_code=500)
 
 
+class _Chunks:
+    """The SSE chunks of one streamed answer."""
+
+    def __init__(self, gen: Generation, model: str, chat: bool, include_usage: bool) -> None:
+        self.gen, self.model, self.chat, self.include_usage = gen, model, chat, include_usage
+        self.created, self.fp, self.cid = int(time.time()), _fingerprint(gen), gen.request_id
+
+    def first(self) -> str:
+        delta = {"role": "assistant", "content": ""}
+        return _sse(schemas.chat_chunk(self.cid, self.created, self.model, delta, None, self.fp))
+
+    def chunk(
+        self, text: str | None, finish: str | None = None, delta: dict[str, Any] | None = None, lps: Any = None
+    ) -> str:
+        if self.chat:
+            if delta is None:
+                delta = {"content": text} if text or finish is None else {}
+            return _sse(schemas.chat_chunk(self.cid, self.created, self.model, delta, finish, self.fp, lps))
+        return _sse(schemas.text_chunk(self.cid, self.created, self.model, text or "", finish, self.fp))
+
+    def ending(self, kind: str, value: Any) -> str:
+        if kind == "error":
+            message = value.message if isinstance(value, SlmopsError) else f"generation failed: {value}"
+            return _sse(error_body(message, "server_error"))
+        out, finish = "", value.finish_reason
+        if self.gen.hold_output:
+            out, finish = _held_chunks(self.gen, value, self.chunk)
+        out += self.chunk("", finish)
+        if self.include_usage:
+            obj = "chat.completion.chunk" if self.chat else "text_completion"
+            usage = schemas.usage_chunk(
+                self.cid, self.created, self.model, obj, value.prompt_tokens, value.completion_tokens
+            )
+            out += _sse(usage)
+        return out
+
+
 async def _stream(gen: Generation, model: str, chat: bool, include_usage: bool) -> AsyncIterator[str]:
-    created = int(time.time())
-    fp = _fingerprint(gen)
-    cid = gen.request_id
-
-    def chunk(text: str, finish: str | None = None) -> str:
-        if chat:
-            delta = {"content": text} if text or finish is None else {}
-            return _sse(schemas.chat_chunk(cid, created, model, delta, finish, fp))
-        return _sse(schemas.text_chunk(cid, created, model, text, finish, fp))
-
+    sse = _Chunks(gen, model, chat, include_usage)
     channel = gen.channel
     assert isinstance(channel, EventChannel)
     try:
         if chat:
-            yield _sse(schemas.chat_chunk(cid, created, model, {"role": "assistant", "content": ""}, None, fp))
+            yield sse.first()
         while True:
             batch = await channel.get_batch()
             text = "".join(v for k, v in batch if k == "delta")
-            out = chunk(text) if text else ""
+            lps = [v for k, v in batch if k == "logprobs"] or None
+            out = sse.chunk(text, None, None, lps) if text or lps else ""
             for kind, value in batch:
-                if kind == "done":
-                    out += chunk("", value.finish_reason)
-                    if include_usage:
-                        obj = "chat.completion.chunk" if chat else "text_completion"
-                        out += _sse(
-                            schemas.usage_chunk(cid, created, model, obj, value.prompt_tokens, value.completion_tokens)
-                        )
-                    yield out + "data: [DONE]\n\n"
-                    return
-                if kind == "error":
-                    exc = value
-                    message = exc.message if isinstance(exc, SlmopsError) else f"generation failed: {exc}"
-                    yield out + _sse(error_body(message, "server_error")) + "data: [DONE]\n\n"
+                if kind in ("done", "error"):
+                    yield out + sse.ending(kind, value) + "data: [DONE]\n\n"
                     return
             if out:
                 yield out

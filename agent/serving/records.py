@@ -35,6 +35,10 @@ class RequestRecord:
     finish_reason: str | None
     error_type: str | None
     started_unix: float
+    # Output confidence (drift signals): per generated token log-probability and step entropy, in order; None
+    # when the runtime gave none.
+    token_logprobs: list[float] | None = None
+    token_entropies: list[float] | None = None
 
     @property
     def tokens_per_s(self) -> float | None:

@@ -2,17 +2,18 @@
 
 Unknown top-level fields are ignored, not refused: the ``openai`` client sends whatever its caller passes, and
 its list of fields grows with every release (``store``, ``metadata``, ``service_tier``, ``prompt_cache_key``,
-``verbosity``, ...; other OpenAI clients send their own), so refusing unknown names would break clients that
-work against OpenAI itself. Ignoring them costs no unbounded buffering: the whole body is capped before it is
-parsed (``max_body_bytes``, see :mod:`agent.serving.limits`). Known fields we cannot honour (``n > 1``, tools,
-logprobs, echo) are refused with a 400 naming them.
+``safety_identifier``, ...; other OpenAI clients send their own), so refusing unknown names would break
+clients that work against OpenAI itself. Ignoring them costs no unbounded buffering: the whole body is capped
+before it is parsed (``max_body_bytes``, see :mod:`agent.serving.limits`). Known fields we cannot honour (``n > 1``,
+``logit_bias``, non-zero penalties, audio, ``functions``, echo, ...) are refused with a 400 naming them; the
+full table is in docs/serving.md.
 
 Types are strict where a lax reading would change the request's meaning or reach native code unchecked:
 booleans must be JSON ``true``/``false`` (``"stream": "yes"`` is a 400 naming ``stream``, not a stream);
 floats must be finite; integers that go to onnxruntime-genai as C++ ``int`` (``seed``, ``top_k``,
 ``max_tokens``) are bounded to what it takes, so an out-of-range value is a 400 naming the field instead of a
-failed cast at generation time. Extensions: ``ignore_eos`` and ``top_k`` (as in vLLM; pass them with the
-client's ``extra_body``).
+failed cast at generation time. Extensions: ``ignore_eos``, ``top_k``, ``guided_json``, ``guided_regex`` and
+``guided_grammar`` (as in vLLM; pass them with the client's ``extra_body``).
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ class ChatMessage(_Body):
     role: Literal["system", "user", "assistant", "developer", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
 
     def text(self) -> str:
         if self.content is None:
@@ -70,6 +73,7 @@ class _GenerationBody(_Body):
     user: str | None = None
     presence_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
     frequency_penalty: float = Field(default=0.0, ge=-2.0, le=2.0)
+    logit_bias: dict[str, float] | None = None
     # extensions
     ignore_eos: StrictBool = False
     top_k: int = Field(default=0, ge=0, le=MAX_INT)
@@ -79,6 +83,20 @@ class _GenerationBody(_Body):
     def _one_choice(cls, v: int) -> int:
         if v != 1:
             raise ValueError("only n=1 is supported on this agent")
+        return v
+
+    @field_validator("presence_penalty", "frequency_penalty")
+    @classmethod
+    def _no_penalty(cls, v: float) -> float:
+        if v != 0.0:
+            raise ValueError("presence/frequency penalties are not supported on this agent (send 0)")
+        return v
+
+    @field_validator("logit_bias")
+    @classmethod
+    def _no_bias(cls, v: dict[str, float] | None) -> dict[str, float] | None:
+        if v:
+            raise ValueError("logit_bias is not supported on this agent; use guided_regex or response_format")
         return v
 
     @field_validator("stop")
@@ -95,34 +113,76 @@ class _GenerationBody(_Body):
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
 
+# Chat fields this agent refuses when set (a 400 naming the field): no way to honour them here.
+REFUSED_CHAT_FIELDS = {
+    "functions": "the deprecated 'functions' field is not supported; send 'tools'",
+    "function_call": "the deprecated 'function_call' field is not supported; send 'tool_choice'",
+    "audio": "audio output is not supported on this agent",
+    "prediction": "predicted outputs are not supported on this agent",
+    "web_search_options": "web search is not supported on this agent",
+    "reasoning_effort": "reasoning_effort is not supported on this agent (not a reasoning model)",
+    "verbosity": "verbosity is not supported on this agent; bound the answer with max_completion_tokens",
+    "moderation": "moderation is not supported on this agent",
+}
+
+
 class ChatCompletionRequest(_GenerationBody):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: int | None = Field(default=None, ge=1, le=MAX_INT)
     logprobs: StrictBool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
     tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: StrictBool | None = None
+    response_format: dict[str, Any] | None = None
+    modalities: list[str] | None = None
+    # vLLM-style guided decoding (extra_body)
+    guided_json: dict[str, Any] | None = None
+    guided_regex: str | None = None
+    guided_grammar: str | None = None
+    functions: Any = None
+    function_call: Any = None
+    audio: Any = None
+    prediction: Any = None
+    web_search_options: Any = None
+    reasoning_effort: Any = None
+    verbosity: Any = None
+    moderation: Any = None
 
-    @field_validator("logprobs")
+    @field_validator(*REFUSED_CHAT_FIELDS)
     @classmethod
-    def _no_logprobs(cls, v: bool | None) -> bool | None:
-        if v:
-            raise ValueError("logprobs are not supported on this agent")
+    def _refused(cls, v: Any, info: Any) -> Any:
+        if v is not None:
+            raise ValueError(REFUSED_CHAT_FIELDS[info.field_name])
         return v
 
-    @field_validator("tools")
+    @field_validator("modalities")
     @classmethod
-    def _no_tools(cls, v: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
-        if v:
-            raise ValueError("tool calling is not supported on this agent")
+    def _text_only(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and set(v) - {"text"}:
+            raise ValueError("only the 'text' modality is supported on this agent")
         return v
 
     @model_validator(mode="after")
     def _limit(self) -> ChatCompletionRequest:
         if self.max_tokens is None and self.max_completion_tokens is not None:
             self.max_tokens = self.max_completion_tokens
+        if self.top_logprobs and not self.logprobs:
+            raise ValueError("top_logprobs needs logprobs: true")
         return self
 
-    def to_prompt(self) -> Prompt:
-        return Prompt(messages=tuple(Message(m.role, m.text()) for m in self.messages))
+    def to_prompt(self, tools_prompt: str | None = None) -> Prompt:
+        from agent.serving.tools import render_calls
+
+        messages = []
+        if tools_prompt:
+            messages.append(Message("system", tools_prompt))
+        for m in self.messages:
+            text = m.text()
+            if m.role == "assistant" and m.tool_calls:
+                text = (text + "\n" if text else "") + render_calls(m.tool_calls)
+            messages.append(Message(m.role, text))
+        return Prompt(messages=tuple(messages))
 
 
 class CompletionRequest(_GenerationBody):
@@ -172,8 +232,19 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
 
 
 def chat_completion(
-    cid: str, model: str, text: str, finish: str, prompt_tokens: int, completion_tokens: int, fingerprint: str
+    cid: str,
+    model: str,
+    text: str,
+    finish: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+    fingerprint: str,
+    tool_calls: list[dict[str, Any]] | None = None,
+    logprobs: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": None if tool_calls else text}
+    if tool_calls:
+        message["tool_calls"] = tool_calls
     return {
         "id": cid,
         "object": "chat.completion",
@@ -183,8 +254,8 @@ def chat_completion(
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "logprobs": None,
+                "message": message,
+                "logprobs": None if logprobs is None else {"content": logprobs, "refusal": None},
                 "finish_reason": finish,
             }
         ],
@@ -207,7 +278,13 @@ def text_completion(
 
 
 def chat_chunk(
-    cid: str, created: int, model: str, delta: dict[str, str], finish: str | None, fingerprint: str
+    cid: str,
+    created: int,
+    model: str,
+    delta: dict[str, Any],
+    finish: str | None,
+    fingerprint: str,
+    logprobs: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     return {
         "id": cid,
@@ -215,7 +292,14 @@ def chat_chunk(
         "created": created,
         "model": model,
         "system_fingerprint": fingerprint,
-        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+        "choices": [
+            {
+                "index": 0,
+                "delta": delta,
+                "logprobs": None if logprobs is None else {"content": logprobs, "refusal": None},
+                "finish_reason": finish,
+            }
+        ],
     }
 
 

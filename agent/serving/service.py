@@ -6,6 +6,7 @@ An agent builds one :class:`Serving`, swaps models into ``serving.slot``, report
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import random
@@ -38,8 +39,9 @@ class ServingConfig:
     default_max_tokens: int = 256
     # The OpenAI default is 1.0; agents serving a structured task may prefer 0 (greedy).
     default_temperature: float = 1.0
-    # Share of requests whose prompt NLL is computed for drift telemetry (runtimes that expose logits).
-    nll_sample_rate: float = 1.0
+    # Share of requests whose prompt NLL is computed (runtimes that expose logits). Off by default: drift no longer
+    # watches it (students learn answer tokens only, so it sits near ln(vocabulary)); confidence signals replaced it.
+    nll_sample_rate: float = 0.0
     # Streaming: at most one SSE chunk per this many ms after the first (0 = one chunk per token).
     stream_interval_ms: float = 15.0
     # Completion ids remembered for POST /v1/feedback.
@@ -52,6 +54,28 @@ class ServingConfig:
     read_timeout_s: float = 15.0
     # GET /metrics needs the API key: None = when one is set; False = open even then.
     metrics_require_key: bool | None = None
+    # The served task's output JSON schema (profile or model version); with enforce_schema, chat requests that
+    # set no output constraint of their own are guided by it (response_format {"type": "text"} opts out).
+    output_schema: dict[str, Any] | None = None
+    enforce_schema: bool = False
+    # Per-token logprob and entropy for every request's record (output-confidence telemetry).
+    record_logprobs: bool = True
+
+
+def task_schema(manifest: Any, profile: Any) -> tuple[dict[str, Any] | None, bool]:
+    """The output schema to serve and whether to enforce it: the model version's, else the profile's (a
+    ``common_pb2.Profile`` with ``output_schema_json``/``enforce_schema``, or None)."""
+    schema = getattr(manifest, "output_schema", None)
+    enforce = bool(getattr(manifest, "enforce_schema", False))
+    text = getattr(profile, "output_schema_json", "") if profile is not None else ""
+    if schema is None and text:
+        try:
+            schema = json.loads(text)
+        except ValueError:
+            log.warning("the profile's output_schema_json is not JSON; serving without a task schema")
+    if profile is not None and getattr(profile, "enforce_schema", False):
+        enforce = True
+    return (schema if isinstance(schema, dict) else None), enforce
 
 
 @dataclass
@@ -177,6 +201,9 @@ class Serving:
         ignore_eos: bool,
         adapter: str | None,
         prompt_param: str,
+        guidance: tuple[str, str] | None = None,
+        logprobs: bool = False,
+        top_logprobs: int = 0,
     ) -> tuple[GenParams, int]:
         """Decoding params and the prompt's token count; 400s for prompts/limits the model cannot take."""
         try:
@@ -213,8 +240,16 @@ class Serving:
             ignore_eos=ignore_eos,
             adapter=adapter,
             want_prompt_nll=want_nll,
+            want_logprobs=self.config.record_logprobs,
+            logprobs_required=logprobs,
+            top_logprobs=top_logprobs,
+            guidance=guidance,
         )
         return params, prompt_tokens
+
+    def set_output_schema(self, schema: dict[str, Any] | None, enforce: bool) -> None:
+        """The served task's output schema and whether requests are guided by it by default."""
+        self.config.output_schema, self.config.enforce_schema = schema, enforce and schema is not None
 
     # --- records and feedback -----------------------------------------------------------------------------
     def finish(self, rec: RequestRecord) -> None:

@@ -12,6 +12,8 @@ from typing import Any
 from agent.telemetry.buffer import TelemetryBuffer
 from agent.telemetry.reporter import TelemetryReporter
 from agent.telemetry.windows import WindowAggregator
+from shared.errors import SlmopsError
+from shared.signals import DriftReference
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +55,17 @@ class TelemetryPipeline:
         agg = self.aggregator
         agg.profile, agg.sample_prompts, agg.sample_cap = name, sample_prompts, max(0, sample_cap)
 
-    def set_model(self, name: str, version: str) -> None:
+    def set_model(self, name: str, version: str, model_dir: Path | None = None) -> None:
+        """Switch the served version; its ``drift_reference.json`` (when it ships one) gives the novelty sketch."""
         window = self.aggregator.set_model(name, version)
+        self.aggregator.sketch = None
+        if model_dir is not None:
+            try:
+                reference = DriftReference.load(Path(model_dir))
+            except SlmopsError as exc:  # a version without a usable reference still serves, without novelty
+                log.warning("no input novelty for %s:%s: %s", name, version, exc)
+                reference = None
+            self.aggregator.sketch = reference.sketch if reference is not None else None
         if window is not None and window.request_count:
             self.buffer.add([window])
 

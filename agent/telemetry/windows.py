@@ -1,8 +1,10 @@
 """Per-request records folded into fixed-length telemetry windows on the agent.
 
 Raw prompts stay on the device: a window carries only counts, percentiles, a prompt-length histogram, the
-served model's mean prompt NLL and the output-format validity rate. Prompt text is included only when the
-profile opts in to sampling (``sample_prompts=True``), as a uniform sample capped per window.
+output-format validity rate and the drift signals (``shared/signals.py``: output confidence from the answer's
+token log-probabilities, input novelty against the version's sketch), as histograms and sums. Prompt text
+(with the served answer, for the controller's teacher audit) is included only when the profile opts in to
+sampling (``sample_prompts=True``), as a uniform sample capped per window.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared.signals import SignalAccumulator, request_signals
+from shared.sketch import BloomFilter
 from shared.telemetry import MAX_PROMPT_CHARS, MAX_SAMPLED_PROMPTS, TelemetryWindowData
 
 log = logging.getLogger(__name__)
@@ -100,8 +104,9 @@ class _Acc:
     feedback_neg: int = 0
     health_ok: bool = True
     hist: list[int] = field(default_factory=list)
-    samples: list[str] = field(default_factory=list)
+    samples: list[tuple[str, str]] = field(default_factory=list)
     sample_seen: int = 0
+    signals: SignalAccumulator = field(default_factory=SignalAccumulator)
 
 
 class WindowAggregator:
@@ -147,6 +152,8 @@ class WindowAggregator:
         self.sample_prompts = sample_prompts
         self.sample_cap = max(0, min(sample_cap, MAX_SAMPLED_PROMPTS))
         self.format_validator = format_validator
+        # The served version's novelty sketch (from its drift_reference.json); None: no input novelty.
+        self.sketch: BloomFilter | None = None
         self._rng = rng or random.Random()
         self._lock = threading.Lock()
         self._health_now = True
@@ -174,7 +181,9 @@ class WindowAggregator:
                 valid = bool(self.format_validator(str(_get(r, "output_text", "") or "")))
             except Exception:  # a validator that raises counts the answer as invalid
                 valid = False
+        signals = self._signals(r) if ok else {}
         prompt_text = str(_get(r, "prompt_text", "") or "") if self.sample_prompts else ""
+        answer = str(_get(r, "output_text", "") or "") if ok else ""
         with self._lock:
             a = self._acc
             a.requests += 1
@@ -201,10 +210,16 @@ class WindowAggregator:
             if valid is not None:
                 a.format_checked += 1
                 a.format_ok += int(valid)
+            a.signals.add(signals)
             if self.sample_prompts and self.sample_cap and prompt_text:
-                self._sample(a, prompt_text[:MAX_PROMPT_CHARS])
+                self._sample(a, (prompt_text[:MAX_PROMPT_CHARS], answer[:MAX_PROMPT_CHARS]))
 
-    def _sample(self, a: _Acc, text: str) -> None:
+    def _signals(self, r: Any) -> dict[str, float]:
+        """Output confidence and input novelty of one completed request (``shared/signals.py``)."""
+        prompt = str(_get(r, "prompt_text", "") or "")
+        return request_signals(_get(r, "token_logprobs", None), _get(r, "token_entropies", None), prompt, self.sketch)
+
+    def _sample(self, a: _Acc, text: tuple[str, str]) -> None:
         """Reservoir sampling: every prompt of the window has the same chance to be kept."""
         a.sample_seen += 1
         if len(a.samples) < self.sample_cap:
@@ -295,7 +310,9 @@ class WindowAggregator:
             format_validity=a.format_ok / a.format_checked if a.format_checked else -1.0,
             feedback_positive=a.feedback_pos,
             feedback_negative=a.feedback_neg,
-            sampled_prompts=list(a.samples) if self.sample_prompts else [],
+            sampled_prompts=[p for p, _ in a.samples] if self.sample_prompts else [],
+            sampled_answers=[ans for _, ans in a.samples] if self.sample_prompts else [],
             health_ok=a.health_ok,
+            signals={name: summary.to_wire() for name, summary in a.signals.result().items()},
         )
         return window.validate()

@@ -58,6 +58,8 @@ def profile_to_pb(p: DeviceProfile) -> common_pb2.Profile:
         priority=p.priority,
         sample_prompts=p.sample_prompts,
         sample_cap=p.sample_cap,
+        output_schema_json=json.dumps(p.output_schema, sort_keys=True) if p.output_schema else "",
+        enforce_schema=p.enforce_schema,
     )
 
 

@@ -77,6 +77,7 @@ class ControllerServer:
         from controller.registry.http_artifacts import (
             ArtifactHttpServer,
             ArtifactUrls,
+            artifact_gate,
             public_url,
             server_tls_context,
         )
@@ -84,13 +85,15 @@ class ControllerServer:
 
         s, tls = self.settings, self.app.tls
         host, _, port = (s.artifact_listen or f"{s.listen.rsplit(':', 1)[0]}:0").rpartition(":")
-        context = None if tls is None else server_tls_context(tls.server_cert_pem, tls.server_key_pem)
+        plain = tls is None or s.artifact_plaintext  # artifact_plaintext: a TLS-ending proxy in front
+        context = None if plain or tls is None else server_tls_context(tls.server_cert_pem, tls.server_key_pem)
         tokens = UrlTokens(load_or_create_key(s.data_dir, s.artifact_token_key))
         try:
-            self.artifacts = ArtifactHttpServer((host.strip("[]"), int(port)), self.app.blobs, tokens, context)
+            gate = artifact_gate(s.artifact_max_downloads)
+            self.artifacts = ArtifactHttpServer((host.strip("[]"), int(port)), self.app.blobs, tokens, context, gate)
         except OSError as exc:
             raise Unavailable(f"cannot listen for artifacts on {host}:{port}: {exc.strerror}") from exc
-        base = public_url((host, self.artifacts.port), tls is not None, s.artifact_public_url)
+        base = public_url((host, self.artifacts.port), not plain, s.artifact_public_url)
         self.app.extras["artifact_urls"] = ArtifactUrls(self.app.blobs, tokens, base)
         self.artifacts.start()
         log.info("artifacts served at %s/v1/artifacts/", base)

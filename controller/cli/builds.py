@@ -6,10 +6,13 @@ import argparse
 import json
 from pathlib import Path
 
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.markup import escape
 from rich.table import Table
 
 from controller.cli.common import add_connection_flags, ago, connect, console, count_arg, ref
+from controller.cli.follow import stage_label, state_name, watch
+from controller.cli.output import add_output_flags, as_data, emit
+from controller.cli.summary import print_summary
 from shared.errors import ConfigError
 
 
@@ -30,23 +33,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     jobs = sub.add_parser("jobs", help="build and retrain jobs").add_subparsers(dest="action", required=True)
     p = jobs.add_parser("list", help="jobs, newest first")
     p.add_argument("--limit", type=count_arg, default=20)
+    add_output_flags(p)
     add_connection_flags(p)
     p.set_defaults(func=jobs_list)
     p = jobs.add_parser("show", help="one job; --follow shows live progress")
     p.add_argument("job_id")
     p.add_argument("--follow", "-f", action="store_true")
+    add_output_flags(p)
     add_connection_flags(p)
     p.set_defaults(func=jobs_show)
     p = jobs.add_parser("cancel", help="cancel a queued or running job (the registry stays as it was)")
     p.add_argument("job_id")
     add_connection_flags(p)
     p.set_defaults(func=jobs_cancel)
-
-
-def state_name(job) -> str:  # type: ignore[no-untyped-def]
-    from shared.pb import admin_pb2
-
-    return admin_pb2.JobState.Name(job.state).removeprefix("JOB_STATE_").lower()
 
 
 def build(args: argparse.Namespace) -> int:
@@ -85,39 +84,11 @@ def print_plan(path: Path, args: argparse.Namespace) -> int:
     return 0
 
 
-def follow(conn, job_id: str) -> int:  # type: ignore[no-untyped-def]
-    """Live progress bars from WatchJob; returns 0 when the job succeeded."""
+def follow(conn, job_id: str, plain: bool | None = None) -> int:  # type: ignore[no-untyped-def]
+    """Live progress (bars on a terminal, log lines elsewhere: see follow.py); returns 0 when the job succeeded."""
     from shared.pb import admin_pb2
 
-    last = None
-    with Progress(
-        TextColumn("[bold]{task.fields[stage]}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total}"),
-        TextColumn("loss {task.fields[loss]}"),
-        TextColumn("eta {task.fields[eta]}"),
-        TimeElapsedColumn(),
-        TextColumn("{task.fields[message]}"),
-        console=console,
-    ) as progress:
-        tasks: dict[str, int] = {}
-        for job in conn.stream("WatchJob", admin_pb2.GetJobRequest(job_id=job_id)):
-            last = job
-            label = f"[{job.stage_index + 1}/{job.stage_count}] {job.stage}" if job.stage else "queued"
-            if label not in tasks:
-                for tid in tasks.values():
-                    progress.update(tid, completed=progress.tasks[tid].total)
-                tasks[label] = progress.add_task(
-                    label, total=job.total_steps or 1, stage=label, loss="-", eta="-", message=""
-                )
-            progress.update(
-                tasks[label],
-                total=max(job.total_steps, 1),
-                completed=job.step,
-                loss=f"{job.loss:.4f}" if job.loss else "-",
-                eta=f"{job.eta_s:.0f}s" if job.eta_s else "-",
-                message=job.message[:60],
-            )
+    last = watch(conn.stream("WatchJob", admin_pb2.GetJobRequest(job_id=job_id)), plain)
     if last is None:
         return 1
     print_job(last)
@@ -133,34 +104,32 @@ def print_job(job) -> None:  # type: ignore[no-untyped-def]
     if job.promotion:
         console.print(f"closed loop: {job.promotion}")
     if job.summary_json:
-        from controller.factory.report import render_table
-
-        summary = json.loads(job.summary_json)
-        if summary.get("models"):
-            console.print(render_table(summary, width=console.width))
+        print_summary(json.loads(job.summary_json))
 
 
 def jobs_list(args: argparse.Namespace) -> int:
     from shared.pb import admin_pb2
 
-    jobs = connect(args)("ListJobs", admin_pb2.ListJobsRequest(limit=args.limit)).jobs
+    jobs = list(connect(args)("ListJobs", admin_pb2.ListJobsRequest(limit=args.limit)).jobs)
+    return emit(args, lambda: as_data(jobs), lambda: console.print(jobs_table(jobs)))
+
+
+def jobs_table(jobs: list) -> Table:  # type: ignore[type-arg]
     table = Table(title=f"{len(jobs)} job(s)")
     for col in ("id", "kind", "state", "stage", "progress", "result", "created", "message"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for j in jobs:
-        stage = f"{j.stage_index + 1}/{j.stage_count} {j.stage}" if j.stage else "-"
         table.add_row(
             j.job_id,
             j.kind,
             state_name(j),
-            stage,
+            escape(stage_label(j)) if j.stage else "-",
             f"{j.step}/{j.total_steps}" if j.total_steps else "-",
             ref(j.result),
             ago(j.created_unix),
-            (j.error or j.message)[:50],
+            escape((j.error or j.message)[:50]),
         )
-    console.print(table)
-    return 0
+    return table
 
 
 def jobs_show(args: argparse.Namespace) -> int:
@@ -169,8 +138,8 @@ def jobs_show(args: argparse.Namespace) -> int:
     conn = connect(args)
     if args.follow:
         return follow(conn, args.job_id)
-    print_job(conn("GetJob", admin_pb2.GetJobRequest(job_id=args.job_id)))
-    return 0
+    job = conn("GetJob", admin_pb2.GetJobRequest(job_id=args.job_id))
+    return emit(args, lambda: as_data(job), lambda: print_job(job))
 
 
 def jobs_cancel(args: argparse.Namespace) -> int:

@@ -55,10 +55,13 @@ def count_arg(text: str) -> int:
 class AdminConnection:
     """An AdminService stub with the admin token attached to every call."""
 
-    def __init__(self, address: str, token: str, ca_pem: bytes | None, ca_label: str = "") -> None:
+    def __init__(
+        self, address: str, token: str, ca_pem: bytes | None, ca_label: str = "", source: str = "--controller"
+    ) -> None:
         from shared.pb import admin_pb2_grpc
 
         self.address = address
+        self.source = source  # where the address came from: --controller, SLMOPS_CONTROLLER or the default
         self.ca_label = ca_label
         self.insecure = ca_pem is None
         if ca_pem is None:
@@ -72,19 +75,40 @@ class AdminConnection:
         try:
             return getattr(self.stub, method)(request, metadata=self.metadata, timeout=timeout)
         except grpc.RpcError as exc:
-            if exc.code() != grpc.StatusCode.UNAVAILABLE:
-                raise
-            raise Unavailable(
-                explain_unavailable(exc.details() or "", self.address, self.ca_label, self.insecure)
-            ) from None
+            raise self.explain(exc) from None
 
     def stream(self, method: str, request: object):  # type: ignore[no-untyped-def]
-        return getattr(self.stub, method)(request, metadata=self.metadata)
+        """A server stream; a lost or refused connection becomes one :class:`Unavailable` line."""
+        try:
+            yield from getattr(self.stub, method)(request, metadata=self.metadata)
+        except grpc.RpcError as exc:
+            raise self.explain(exc) from None
+
+    def explain(self, exc: grpc.RpcError) -> Exception:
+        """UNAVAILABLE (and a deadline with no answer at all) as one line: the address, its source, what to check."""
+        code = exc.code()  # type: ignore[attr-defined]
+        where = f"{self.address} (from {self.source})"
+        if code == grpc.StatusCode.UNAVAILABLE:
+            text = explain_unavailable(exc.details() or "", self.address, self.ca_label, self.insecure)  # type: ignore[attr-defined]
+            return Unavailable(text.replace(self.address, where, 1))
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED and not self.ready(0.2):
+            return Unavailable(
+                f"no answer from the controller at {where}: check the host and port, and that a firewall lets "
+                "the connection through"
+            )
+        return exc
+
+    def ready(self, timeout: float) -> bool:
+        try:
+            grpc.channel_ready_future(self.channel).result(timeout=timeout)
+            return True
+        except grpc.FutureTimeoutError:
+            return False
 
 
 def connect(args: argparse.Namespace) -> AdminConnection:
     data_dir = Path(args.data_dir or os.environ.get("SLMOPS_DATA_DIR") or DEFAULT_DATA_DIR)
-    address = args.controller or os.environ.get("SLMOPS_CONTROLLER") or DEFAULT_CONTROLLER
+    address, source = address_and_source(args)
     token = args.token or os.environ.get("SLMOPS_TOKEN", "")
     if not token and (data_dir / "admin.token").exists():
         token = (data_dir / "admin.token").read_text().strip()
@@ -99,7 +123,16 @@ def connect(args: argparse.Namespace) -> AdminConnection:
                 "controller CA certificate not found: pass --ca-cert, or --insecure for a plaintext dev controller",
             )
         ca_pem = ca.read_bytes()
-    return AdminConnection(address, token, ca_pem, str(ca or ""))
+    return AdminConnection(address, token, ca_pem, str(ca or ""), source)
+
+
+def address_and_source(args: argparse.Namespace) -> tuple[str, str]:
+    """The controller address and where it came from (said in connection errors)."""
+    if getattr(args, "controller", None):
+        return args.controller, "--controller"
+    if os.environ.get("SLMOPS_CONTROLLER"):
+        return os.environ["SLMOPS_CONTROLLER"], "SLMOPS_CONTROLLER"
+    return DEFAULT_CONTROLLER, "the default; neither --controller nor SLMOPS_CONTROLLER is set"
 
 
 def ago(ts: float) -> str:

@@ -18,8 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=count_arg, default=50)
     add_connection_flags(p)
     p.set_defaults(func=drift_list)
-    p = drift.add_parser("show", help="one drift event with its evidence")
+    p = drift.add_parser("show", help="one drift event with its evidence (signals that moved, audited accuracy)")
     p.add_argument("event_id")
+    p.add_argument("--json", action="store_true", help="also print the whole evidence as JSON")
     add_connection_flags(p)
     p.set_defaults(func=drift_show)
 
@@ -85,7 +86,15 @@ def drift_show(args: argparse.Namespace) -> int:
         + (f", job {e.job_id}" if e.job_id else "")
     )
     if e.evidence_json:
-        console.print_json(json.dumps(json.loads(e.evidence_json)))
+        from rich.markup import escape
+
+        from controller.reports.evidence import evidence_lines, parse_evidence
+
+        evidence = parse_evidence(e.evidence_json)
+        for line in evidence_lines(evidence):
+            console.print(escape(line), highlight=False)
+        if args.json:
+            console.print_json(json.dumps(evidence))
     return 0
 
 

@@ -7,12 +7,14 @@ import argparse
 from rich.table import Table
 
 from controller.cli.common import add_connection_flags, ago, connect, console, count_arg, ref, seconds_arg
+from controller.cli.output import add_output_flags, as_data, emit
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     devices = sub.add_parser("devices", help="enrolled edge devices").add_subparsers(dest="action", required=True)
     p = devices.add_parser("list", help="table of devices: id, hostname, profile, status, last seen, model")
     p.add_argument("--profile", default="", help="only devices of this profile")
+    add_output_flags(p)
     add_connection_flags(p)
     p.set_defaults(func=devices_list)
     p = devices.add_parser(
@@ -25,6 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     profiles = sub.add_parser("profiles", help="device profiles").add_subparsers(dest="action", required=True)
     p = profiles.add_parser("list", help="loaded device profiles")
+    add_output_flags(p)
     add_connection_flags(p)
     p.set_defaults(func=profiles_list)
 
@@ -66,9 +69,8 @@ def devices_table(devices) -> Table:  # type: ignore[no-untyped-def]
 def devices_list(args: argparse.Namespace) -> int:
     from shared.pb import admin_pb2
 
-    response = connect(args)("ListDevices", admin_pb2.ListDevicesRequest(profile=args.profile))
-    console.print(devices_table(response.devices))
-    return 0
+    devices = list(connect(args)("ListDevices", admin_pb2.ListDevicesRequest(profile=args.profile)).devices)
+    return emit(args, lambda: as_data(devices), lambda: console.print(devices_table(devices)))
 
 
 def devices_reset(args: argparse.Namespace) -> int:
@@ -85,11 +87,15 @@ def devices_reset(args: argparse.Namespace) -> int:
 def profiles_list(args: argparse.Namespace) -> int:
     from shared.pb import admin_pb2
 
-    response = connect(args)("ListProfiles", admin_pb2.ListProfilesRequest())
+    profiles = list(connect(args)("ListProfiles", admin_pb2.ListProfilesRequest()).profiles)
+    return emit(args, lambda: as_data(profiles), lambda: console.print(profiles_table(profiles)))
+
+
+def profiles_table(profiles: list) -> Table:  # type: ignore[type-arg]
     table = Table(title="device profiles")
     for col in ("name", "precision", "EP", "runtime", "max memory", "max TTFT", "min tok/s", "description"):
         table.add_column(col)
-    for p in response.profiles:
+    for p in profiles:
         table.add_row(
             p.name,
             p.precision,
@@ -100,8 +106,7 @@ def profiles_list(args: argparse.Namespace) -> int:
             f"{p.min_tokens_per_s:g}",
             p.description,
         )
-    console.print(table)
-    return 0
+    return table
 
 
 def tokens_create(args: argparse.Namespace) -> int:

@@ -51,10 +51,10 @@ def run(args: argparse.Namespace) -> int:
     try:
         return int(args.func(args) or 0)
     except grpc.RpcError as exc:
-        err.print(f"[red]error[/]: {exc.code().name}: {escape(exc.details() or '')}")
+        err.print(f"[red]error[/]: {exc.code().name}: {escape(exc.details() or '')}", soft_wrap=True)
         return 1
     except SlmopsError as exc:
-        err.print(f"[red]error[/]: {escape(exc.message)}")
+        err.print(f"[red]error[/]: {escape(exc.message)}", soft_wrap=True)  # one line, however wide
         return 2
     except KeyboardInterrupt:
         return 130

@@ -8,19 +8,33 @@ import json
 from rich.table import Table
 
 from controller.cli.common import add_connection_flags, ago, connect, console
+from controller.cli.output import add_output_flags, as_data, emit
 from shared.errors import InvalidArgument
 
-HEADLINE_METRICS = ("accuracy", "json_validity", "tokens_per_s", "ttft_ms", "peak_rss_mb", "footprint_mb")
+# (metric, column title, format): the figures `models show` puts in the variants table; every other metric
+# goes to a second table with one row per metric and one column per variant, which fits any terminal.
+HEADLINE_METRICS = (
+    ("accuracy", "accuracy", "{:.1%}"),
+    ("holdout_accuracy", "hold-out", "{:.1%}"),
+    ("json_validity", "JSON ok", "{:.1%}"),
+    ("tokens_per_s", "tok/s", "{:.0f}"),
+    ("ttft_ms_mean", "TTFT ms", "{:.1f}"),
+    ("latency_ms_mean", "latency ms", "{:.1f}"),
+    ("footprint_bytes", "footprint MB", "MB"),
+    ("peak_rss_bytes", "peak RSS MB", "MB"),
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     models = sub.add_parser("models", help="the model registry").add_subparsers(dest="action", required=True)
     p = models.add_parser("list", help="model versions and their variants")
     p.add_argument("--name", default="")
+    add_output_flags(p)
     add_connection_flags(p)
     p.set_defaults(func=models_list)
     p = models.add_parser("show", help="one version: variants, metrics, lineage")
     p.add_argument("ref", help="NAME:VERSION")
+    add_output_flags(p)
     add_connection_flags(p)
     p.set_defaults(func=models_show)
     p = models.add_parser(
@@ -55,39 +69,74 @@ def parse_ref(text: str):  # type: ignore[no-untyped-def]
 def models_list(args: argparse.Namespace) -> int:
     from shared.pb import admin_pb2
 
-    models = connect(args)("ListModels", admin_pb2.ListModelsRequest(name=args.name)).models
+    models = list(connect(args)("ListModels", admin_pb2.ListModelsRequest(name=args.name)).models)
+    return emit(args, lambda: as_data(models), lambda: console.print(models_table(models)))
+
+
+def models_table(models: list) -> Table:  # type: ignore[type-arg]
     table = Table(title=f"{len(models)} model version(s)")
     for col in ("model", "created", "variants", "size"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for m in models:
         variants = ", ".join(f"{v.profile} ({v.precision})" for v in m.variants)
         size = sum(v.size_bytes for v in m.variants)
         table.add_row(f"{m.ref.name}:{m.ref.version}", ago(m.created_unix), variants, f"{size / 1e6:.1f} MB")
-    console.print(table)
-    return 0
+    return table
 
 
 def models_show(args: argparse.Namespace) -> int:
     model = connect(args)("GetModel", parse_ref(args.ref))
-    console.print(f"[bold]{model.ref.name}:{model.ref.version}[/] (job {model.job_id or '-'})")
+    return emit(args, lambda: as_data(model), lambda: print_model(model))
+
+
+def fmt_metric(value: float, spec: str) -> str:
+    return f"{value / 1e6:.2f}" if spec == "MB" else spec.format(value)
+
+
+def variants_table(variants: list) -> Table:  # type: ignore[type-arg]
+    """One row per variant: what it is and the headline figures that any of them has."""
+    shown = [(k, title, spec) for k, title, spec in HEADLINE_METRICS if any(k in v.metrics for v in variants)]
     table = Table(title="variants")
-    names = sorted({k for v in model.variants for k in v.metrics})
-    ordered = [m for m in HEADLINE_METRICS if m in names] + [m for m in names if m not in HEADLINE_METRICS]
-    for col in ("profile", "precision", "EP", "files", "size", *ordered):
-        table.add_column(col)
-    for v in model.variants:
+    for col in ("profile", "precision", "EP", "files", "size"):
+        table.add_column(col, overflow="fold")
+    for _, title, _ in shown:
+        table.add_column(title, justify="right", overflow="fold")
+    for v in variants:
         table.add_row(
             v.profile,
             v.precision,
             v.execution_provider,
             str(len(v.files)),
             f"{v.size_bytes / 1e6:.2f} MB",
-            *[f"{v.metrics[m]:.4g}" if m in v.metrics else "-" for m in ordered],
+            *[fmt_metric(v.metrics[k], spec) if k in v.metrics else "-" for k, _, spec in shown],
         )
-    console.print(table)
+    return table
+
+
+def metrics_table(variants: list) -> Table | None:  # type: ignore[type-arg]
+    """The other metrics, transposed: a row per metric, a column per variant (None when there are none)."""
+    headline = {k for k, _, _ in HEADLINE_METRICS}
+    names = sorted({k for v in variants for k in v.metrics} - headline)
+    if not names:
+        return None
+    table = Table(title="all other metrics")
+    table.add_column("metric", overflow="fold")
+    for v in variants:
+        table.add_column(f"{v.profile}", justify="right", overflow="fold")
+    for name in names:
+        table.add_row(name, *[f"{v.metrics[name]:.4g}" if name in v.metrics else "-" for v in variants])
+    return table
+
+
+def print_model(model) -> None:  # type: ignore[no-untyped-def]
+    console.print(f"[bold]{model.ref.name}:{model.ref.version}[/] (job {model.job_id or '-'})")
+    variants = list(model.variants)
+    console.print(variants_table(variants))
+    others = metrics_table(variants)
+    if others is not None:
+        console.print(others)
     if model.lineage_json:
-        console.print("lineage:", json.dumps(json.loads(model.lineage_json), indent=2))
-    return 0
+        console.print("lineage:", json.dumps(json.loads(model.lineage_json), indent=2), highlight=False)
 
 
 def models_verify(args: argparse.Namespace) -> int:

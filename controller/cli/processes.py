@@ -29,6 +29,11 @@ CONTROLLER_FLAGS: list[Flag] = [
     ("--heartbeat-interval", "heartbeat_interval_s", {"help": "seconds between agent heartbeats (default 10)"}),
     ("--offline-after", "offline_after_s", {"help": "seconds without a heartbeat before a device is offline"}),
     ("--max-jobs", "max_jobs", {"help": "build jobs running at once (default 1)"}),
+    (
+        "--jobs",
+        "jobs",
+        {"help": "where job stages run: local (default), ray://HOST:PORT or ray:auto (RAY_ADDRESS); env SLMOPS_JOBS"},
+    ),
     ("--max-downloads", "max_downloads", {"help": "artifact downloads served at once (default 16)"}),
     ("--grpc-workers", "grpc_workers", {"help": "gRPC server threads (default 32)"}),
     ("--metrics-listen", "metrics_listen", {"help": "HOST:PORT for Prometheus /metrics (default: off)"}),

@@ -8,6 +8,7 @@ from rich.table import Table
 
 from controller.cli.common import add_connection_flags, ago, connect, console, count_arg, ref, seconds_arg
 from controller.cli.models import parse_ref
+from controller.cli.output import add_output_flags, as_data, emit
 from shared.errors import InvalidArgument
 
 
@@ -28,6 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=create)
     p = ro.add_parser("list", help="rollouts, newest first")
     p.add_argument("--limit", type=count_arg, default=20)
+    add_output_flags(p)
     add_connection_flags(p)
     p.set_defaults(func=list_rollouts)
     for action, text in (
@@ -39,6 +41,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     ):
         p = ro.add_parser(action, help=text)
         p.add_argument("rollout_id")
+        add_output_flags(p)
         add_connection_flags(p)
         p.set_defaults(func=act, rpc=f"{action.capitalize()}Rollout" if action != "show" else "GetRollout")
 
@@ -116,7 +119,11 @@ def create(args: argparse.Namespace) -> int:
 def list_rollouts(args: argparse.Namespace) -> int:
     from shared.pb import admin_pb2
 
-    rollouts = connect(args)("ListRollouts", admin_pb2.ListRolloutsRequest(limit=args.limit)).rollouts
+    rollouts = list(connect(args)("ListRollouts", admin_pb2.ListRolloutsRequest(limit=args.limit)).rollouts)
+    return emit(args, lambda: as_data(rollouts), lambda: console.print(rollouts_table(rollouts)))
+
+
+def rollouts_table(rollouts: list) -> Table:  # type: ignore[type-arg]
     table = Table(title=f"{len(rollouts)} rollout(s)")
     for col in ("id", "model", "state", "wave", "devices", "created", "message"):
         table.add_column(col)
@@ -130,12 +137,11 @@ def list_rollouts(args: argparse.Namespace) -> int:
             ago(r.created_unix),
             r.message[:50],
         )
-    console.print(table)
-    return 0
+    return table
 
 
 def act(args: argparse.Namespace) -> int:
     from shared.pb import admin_pb2
 
-    print_rollout(connect(args)(args.rpc, admin_pb2.RolloutRequest(rollout_id=args.rollout_id)))
-    return 0
+    rollout = connect(args)(args.rpc, admin_pb2.RolloutRequest(rollout_id=args.rollout_id))
+    return emit(args, lambda: as_data(rollout), lambda: print_rollout(rollout))

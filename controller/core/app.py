@@ -75,10 +75,7 @@ def _build_app(settings: ControllerSettings) -> ControllerApp:
         manifest_public_pem=public_pem(key),
         enroll_limiter=FailureLimiter(settings.enroll_failure_limit, settings.enroll_failure_window_s),
     )
-    try:  # TEMPORARY during integration
-        _attach_factory(app)
-    except ImportError as exc:
-        log.warning("factory not available yet: %s", exc)
+    _attach_factory(app)
     return app
 
 
@@ -95,4 +92,11 @@ def _attach_factory(app: ControllerApp) -> None:
     quarter = max(1, app.settings.grpc_workers // 4)
     app.download_gate = DownloadGate(slots=min(app.settings.max_downloads, quarter), max_waiting=quarter)
     app.registry = Registry(app.store, app.blobs, app.signing_key)
-    app.jobs = JobManager(app.store, app.settings.data_dir, app.catalog, replica_id=app.settings.replica_id)
+    app.jobs = JobManager(
+        app.store,
+        app.settings.data_dir,
+        app.catalog,
+        max_concurrent=app.settings.max_jobs,
+        replica_id=app.settings.replica_id,
+        jobs=app.settings.jobs,
+    )

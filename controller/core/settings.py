@@ -45,6 +45,9 @@ class ControllerSettings(LayeredSettings):
     offline_after_s: int = Field(0, ge=0)
     # Worker processes running build jobs at once.
     max_jobs: int = Field(1, ge=1)
+    # Where a job's stages run: "local" (its worker process), "ray://HOST:PORT" (a Ray cluster's client server)
+    # or "ray:auto" (the cluster in RAY_ADDRESS). See controller/factory/backends/.
+    jobs: str = "local"
     # Concurrent artifact downloads served at once; more wait (other RPCs keep their threads).
     max_downloads: int = Field(16, ge=1)
     grpc_workers: int = Field(32, ge=1)
@@ -67,6 +70,12 @@ class ControllerSettings(LayeredSettings):
     artifact_public_url: str = ""
     # HMAC key of the artifact URL tokens; replicas must share it. Empty: <data_dir>/artifact_token.key.
     artifact_token_key: str = secret()
+    # Artifact bodies the HTTP(S) server sends at once; more wait up to 1 s, then get 503 + Retry-After (agents
+    # wait and retry). 0: one per two CPU cores (at least 1).
+    artifact_max_downloads: int = Field(0, ge=0)
+    # Serve artifacts as plain HTTP (sendfile) even when gRPC uses TLS: for a TLS-ending proxy (nginx) in front,
+    # on loopback or a private network, with artifact_public_url its https:// address (docs/deploy.md).
+    artifact_plaintext: bool = False
     # This process's name among controller replicas on one PostgreSQL database (default HOSTNAME-PID).
     replica_id: str = Field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}", min_length=1)
     # Where blobs (model files) live: "file" (<data_dir>/artifacts) or "s3" (any S3-compatible store; credentials
@@ -83,6 +92,17 @@ class ControllerSettings(LayeredSettings):
         if not waves or waves != sorted(waves) or waves[0] <= 0 or waves[-1] != 100:
             raise ValueError("must be percentages that increase and end at 100, e.g. 10,100")
         return waves
+
+    @field_validator("jobs")
+    @classmethod
+    def _jobs_spec(cls, spec: str) -> str:
+        from controller.factory.backends import check_spec
+        from shared.errors import ConfigError
+
+        try:
+            return check_spec(spec)
+        except ConfigError as exc:
+            raise ValueError(exc.reason) from None
 
     @field_validator("loop_gate")
     @classmethod

@@ -1,18 +1,23 @@
 """`slmops demo`: the whole SLMOps loop on loopback, narrated.
 
-build (teacher -> student -> int4/fp32 variants) -> staged rollout to two agents -> traffic from the task ->
-traffic shifts -> drift detected -> retrain on sampled prompts -> canary rollout -> accuracy recovers.
+build (teacher -> student -> int4/fp32 variants, each with its drift reference) -> staged rollout to two agents
+-> traffic from the task (answers under the task's JSON schema) -> traffic shifts -> drift detected on the
+signals that see meaning (output confidence, input novelty: the valid-JSON rate stays at 1.0 under the schema)
+-> retrain on sampled prompts -> canary rollout -> accuracy recovers.
 Everything goes through the same AdminService, AgentService and HTTP APIs an operator uses.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+from rich.markup import escape
 from rich.table import Table
 
 from controller.cli.builds import follow
@@ -22,6 +27,7 @@ from controller.cli.rollouts import print_rollout
 from controller.demo.fleet import TELEMETRY_WINDOW_S, LocalFleet
 from controller.demo.traffic import POOL_SIZE, Answer, Traffic, accuracy, p50_latency
 from controller.drift.config import config_for
+from controller.reports.evidence import evidence_lines
 from shared.errors import Unavailable
 from shared.pb import admin_pb2, common_pb2
 from shared.profiles import load_profiles
@@ -29,6 +35,21 @@ from shared.profiles import load_profiles
 ROOT = Path(__file__).resolve().parents[2]
 DONE = {admin_pb2.ROLLOUT_STATE_SUCCEEDED}
 DEMO_GATE = "error_rate<=0.2,ttft_p95_ms<=5000"
+# With references from the factory, detection needs no learning period: a few windows of base traffic suffice.
+BASE_WINDOWS = 5
+# Detection takes a few windows, so the retrain waits until the devices sampled this many prompts after the drift
+# (the shifted data it must learn from; drift key retrain_min_samples).
+RETRAIN_MIN_SAMPLES = 300
+
+
+def demo_profiles(source: Path, dest: Path) -> Path:
+    """The demo's profiles: ``source``'s, with retrains waiting for the prompts sampled after a drift."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for path in sorted(source.glob("*.yaml")):
+        data = yaml.safe_load(path.read_text()) or {}
+        data.setdefault("drift", {}).setdefault("retrain_min_samples", RETRAIN_MIN_SAMPLES)
+        (dest / path.name).write_text(yaml.safe_dump(data, sort_keys=False))
+    return dest
 
 
 @dataclass
@@ -102,10 +123,9 @@ def summary_row(label: str, results: dict[str, list[Answer]]) -> list[str]:
 
 
 def build(fleet: LocalFleet, recipe: Path) -> common_pb2.ModelRef:
-    console.rule("1. build: train teacher -> distill -> student -> int4/fp32 variants -> evaluate -> publish")
-    job = fleet.admin(
-        "SubmitBuild", admin_pb2.SubmitBuildRequest(recipe_yaml=recipe.read_text(), recipe_path=str(recipe))
-    )
+    console.rule("1. build: teacher -> distill -> student -> int4/fp32 variants -> drift references -> publish")
+    recipe_yaml = recipe.read_text()  # the factory plans each variant's drift reference (signal-reference)
+    job = fleet.admin("SubmitBuild", admin_pb2.SubmitBuildRequest(recipe_yaml=recipe_yaml, recipe_path=str(recipe)))
     console.print(f"job {job.job_id} submitted")  # type: ignore[attr-defined]
     if follow(fleet.admin, job.job_id) != 0:  # type: ignore[attr-defined]
         raise Unavailable(f"build job {job.job_id} failed")  # type: ignore[attr-defined]
@@ -155,18 +175,31 @@ def roll_out(fleet: LocalFleet, model: common_pb2.ModelRef) -> None:
 
 
 def baseline_seconds(options: DemoOptions) -> float:
-    """How long the base traffic must flow after a rollout for the controller to learn the drift baseline:
-    the profiles' ``baseline_windows`` telemetry windows, plus two for the windows in flight."""
+    """How long the base traffic flows after a rollout before it shifts. The drift signals are tested against
+    the version's reference from the first window; the other series (latency, prompt length) learn theirs from
+    the first ``baseline_windows`` windows, which need not be over when the shift comes: a few windows do."""
     profiles = load_profiles(options.profiles_dir)
     windows = max(config_for(profiles[name]).baseline_windows for name in options.agents if name in profiles)
-    return (windows + 2) * TELEMETRY_WINDOW_S
+    return (min(windows, BASE_WINDOWS) + 2) * TELEMETRY_WINDOW_S
+
+
+def show_evidence(fleet: LocalFleet, events: list[admin_pb2.DriftEvent]) -> None:
+    """What `slmops drift show` prints for each event: the signals that moved, reference vs current."""
+    for e in events:
+        console.print(f"drift {e.event_id}: {e.kind} on {e.profile} ({e.detector}/{e.metric} "
+                      f"{e.statistic:.3g} > {e.threshold:.3g}) -> {e.action} {e.job_id}")  # fmt: skip
+        full = fleet.admin("GetDriftEvent", admin_pb2.DriftEventRequest(event_id=e.event_id))
+        evidence = json.loads(full.evidence_json or "{}")  # type: ignore[attr-defined]
+        for line in evidence_lines(evidence):
+            console.print("  " + escape(line), highlight=False)
 
 
 def wait_for_drift(
     fleet: LocalFleet, n: int, production: list[Traffic], timeout: float = 240
 ) -> list[admin_pb2.DriftEvent]:
     """Keep shifted traffic flowing until the controller records a drift event and its policy starts a retrain
-    (a latency drift may come first and start a re-optimization, or nothing: the story waits for the retrain)."""
+    (a latency drift may come first and start a re-optimization, or nothing: the story waits for the retrain,
+    which itself waits for the shifted prompts the devices sample)."""
     deadline = time.time() + timeout
     first_seen = 0.0
     while time.time() < deadline:
@@ -175,7 +208,7 @@ def wait_for_drift(
         if any(e.job_id and e.action == "retrain" for e in events):
             return list(events)
         first_seen = first_seen or (time.time() if events else 0.0)
-        if first_seen and time.time() - first_seen > 30:
+        if first_seen and time.time() - first_seen > 120:
             return list(events)  # detected, but the policy started no retrain (cooldown, approval mode, ...)
     raise Unavailable(f"no drift detected within {timeout:.0f}s of shifted traffic")
 
@@ -198,6 +231,7 @@ def wait_promotion(fleet: LocalFleet, job_id: str, new: common_pb2.ModelRef, tim
 def run_demo(options: DemoOptions) -> int:
     # The trained teacher and finished stages are cached across demo runs (keyed by content hashes).
     os.environ.setdefault("SLMOPS_CACHE_DIR", str(ROOT / ".cache" / "slmops"))
+    options.profiles_dir = demo_profiles(options.profiles_dir, options.root / "profiles")
     overrides = {
         "profiles_dir": options.profiles_dir,
         "scheduler_interval_s": 1.0,
@@ -230,7 +264,10 @@ def run_demo(options: DemoOptions) -> int:
             console.print(table)
             return 0
         learn_s = baseline_seconds(options)
-        console.print(f"base traffic for {learn_s:.0f} s: the controller learns each version's drift baseline")
+        console.print(
+            f"base traffic for {learn_s:.0f} s: output confidence and input novelty are tested against the "
+            "reference each version shipped with (measured on its validation split by the factory)"
+        )
         production = production_clients(fleet)
         try:
             deadline = time.time() + learn_s
@@ -242,9 +279,7 @@ def run_demo(options: DemoOptions) -> int:
         finally:
             for client in production:
                 client.close()
-        for e in events:
-            console.print(f"drift {e.event_id}: {e.kind} on {e.profile} ({e.detector}/{e.metric} "
-                          f"{e.statistic:.3g} > {e.threshold:.3g}) -> {e.action} {e.job_id}")  # fmt: skip
+        show_evidence(fleet, events)
         job_id = next((e.job_id for e in events if e.job_id and e.action == "retrain"), "")
         if not job_id:
             raise Unavailable("the drift policy started no retrain: see `slmops drift list`")

@@ -1,4 +1,9 @@
-"""Demo traffic: task prompts sent to agents' OpenAI-compatible endpoints over real HTTP, answers scored."""
+"""Demo traffic: task prompts sent to agents' OpenAI-compatible endpoints over real HTTP, answers scored.
+
+Requests carry the task's output JSON schema as ``response_format`` (``json_schema``), as an application of the
+task would: the agent enforces it by guided decoding, so every answer parses (issue #16). ``schema=False``
+sends free-form requests instead.
+"""
 
 from __future__ import annotations
 
@@ -25,9 +30,17 @@ class Answer:
 class Traffic:
     """Sends the task's prompts (base or shifted variant) to one agent and scores the answers."""
 
-    def __init__(self, base_url: str, task: str = "smart-building", seed: int = 7, stream_start: int = 0) -> None:
+    def __init__(
+        self, base_url: str, task: str = "smart-building", seed: int = 7, stream_start: int = 0, schema: bool = True
+    ) -> None:
         self.base_url = base_url
         self.task = get_task(task)
+        output_schema = self.task.output_schema() if schema else None
+        self.response_format = (
+            {"type": "json_schema", "json_schema": {"name": task.replace("-", "_"), "schema": output_schema}}
+            if output_schema
+            else None
+        )
         self.seed = seed
         self.stream_start = stream_start
         self._pools: dict[str, list[dict[str, str]]] = {}
@@ -42,12 +55,17 @@ class Traffic:
         body = {
             "model": self.model_id,
             "messages": [{"role": "user", "content": prompt}],
-            "max_tokens": 48,
+            "max_tokens": 64,
             "temperature": 0,
         }
+        if self.response_format is not None:
+            body["response_format"] = self.response_format
         response = self.client.post(f"{self.base_url}/chat/completions", json=body)
         if response.status_code == 404:  # the agent was updated to another model id
             self.model_id = ""
+            return self._post(prompt)
+        if response.status_code == 400 and self.response_format is not None and _unsupported(response):
+            self.response_format = None  # a runtime that cannot guide decoding (foundry-local): free-form
             return self._post(prompt)
         response.raise_for_status()
         return response.json()["choices"][0]["message"]["content"], (time.perf_counter() - start) * 1000
@@ -80,6 +98,14 @@ class Traffic:
 
     def close(self) -> None:
         self.client.close()
+
+
+def _unsupported(response: httpx.Response) -> bool:
+    try:
+        error = response.json()["error"]
+    except (ValueError, KeyError, TypeError):
+        return False
+    return error.get("param") == "response_format" and error.get("code") == "unsupported"
 
 
 def accuracy(answers: list[Answer]) -> float:

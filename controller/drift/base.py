@@ -4,9 +4,10 @@ A detector is one class (one module under ``controller/drift/detectors/``) regis
 :func:`~controller.drift.registry.register_detector`. It declares:
 
 - ``input_type``: what it watches. :attr:`InputType.SCALAR` detectors get one float per telemetry window and
-  metric (latency p95, format validity, prompt NLL), standardized with the baseline by the watch;
-  :attr:`InputType.DISTRIBUTION` detectors get the window's prompt-length histogram (bin counts). The watch
-  routes each input to the detectors that declare its type, and never looks at names.
+  metric (latency p95, format validity), standardized with the baseline by the watch;
+  :attr:`InputType.DISTRIBUTION` detectors get the window's prompt-length histogram (bin counts);
+  :attr:`InputType.SUMMARY` detectors get a drift signal's window sums (output confidence, input novelty). The
+  watch routes each input to the detectors that declare its type, and never looks at names.
 - ``Params``: a pydantic model of its constructor parameters (persisted with its state);
   ``Settings``: a pydantic model of the profile ``drift:`` keys it owns (validated by
   ``controller/drift/config.py``, which also knows the detector's on/off switch: the key named after it,
@@ -42,6 +43,9 @@ class InputType(StrEnum):
     SCALAR = "scalar"
     # The window's prompt-length histogram as bin counts (list[float]); the reference is the baseline's counts.
     DISTRIBUTION = "distribution"
+    # A per-request drift signal over the window (shared/signals.py): {"n", "sum", "sum_sq"}; the reference is
+    # the version's {"mean", "std", "n"} measured by the factory on its validation split (or learned).
+    SUMMARY = "summary"
 
 
 @dataclass

@@ -21,7 +21,9 @@ from sqlmodel import Session, select
 from controller.store.db import Store
 from controller.store.tables import Baseline, TelemetryWindowRow
 
-SCALAR_METRICS = ("latency_p95_ms", "format_validity", "prompt_nll")
+# The prompt NLL is retired (students learn answer tokens only: it sits near ln(vocabulary)); the drift signals
+# (shared/signals.py) come from the version's reference, stored under "signal:<name>".
+SCALAR_METRICS = ("latency_p95_ms", "format_validity")
 HIST_KEY = "prompt_len_hist"
 EDGES_KEY = "prompt_len_edges"
 
@@ -172,3 +174,38 @@ def capture_baseline(
         row.source = source
         s.add(row)
     return row
+
+
+def reference_baseline(reference: Any) -> dict[str, Any]:
+    """The baseline figures of a version's :class:`~shared.signals.DriftReference`: ``signal:<name>`` entries
+    (counts, edges, mean, std, n) and ``reference_accuracy`` / ``reference_n``."""
+    out: dict[str, Any] = {f"signal:{name}": summary.to_dict() for name, summary in reference.signals.items()}
+    if reference.accuracy is not None:
+        out["reference_accuracy"] = reference.accuracy
+        out["reference_n"] = reference.n_validation
+    return out
+
+
+def store_references(store: Store, model_name: str, model_version: str, folders: dict[str, Any]) -> list[str]:
+    """Copy each variant's ``drift_reference.json`` (profile -> variant folder) into its baseline row: the
+    signals' reference distributions under ``signal:<name>`` and the validation accuracy under
+    ``reference_accuracy`` / ``reference_n`` (what the teacher audit compares with). Returns the profiles done."""
+    from pathlib import Path
+
+    from shared.signals import DriftReference
+
+    done = []
+    with store.session() as s:
+        for profile, folder in folders.items():
+            reference = DriftReference.load(Path(folder))
+            if reference is None:
+                continue
+            learned = reference_baseline(reference)
+            row = merge_learned(s, profile, model_name, model_version, learned, time.time(), source="evaluation")
+            metrics = json.loads(row.metrics_json)
+            for key in learned:  # factory figures, not learned live
+                if isinstance(metrics.get(key), dict):
+                    metrics[key].pop("learned", None)
+            row.metrics_json = json.dumps(metrics)
+            done.append(profile)
+    return done

@@ -4,7 +4,7 @@ Each detector owns some keys: its switch (the key named after it) and the fields
 (``controller/drift/detectors/``); the others are :class:`DriftConfig`'s own fields here. The table lists
 the keys of the built-in detectors too; a detector added later documents its keys in its ``Settings``.
 
-Scalar series (latency p95, format validity, prompt NLL) are standardized with the baseline before they
+Scalar series (latency p95, format validity) are standardized with the baseline before they
 reach a detector: ``z = (value - baseline mean) / baseline std``, clipped to +-``z_clip``. So the
 Page-Hinkley ``delta``/``threshold`` keys are in baseline standard deviations, whatever the device's speed.
 
@@ -16,9 +16,10 @@ adwin                      0        1: run ADWIN on the latency and quality seri
 psi                        1        1: PSI test on the prompt-length histogram; 0: off
 ks                         0        1: Kolmogorov-Smirnov test on the prompt-length histogram; 0: off
 wasserstein                0        1: Wasserstein-1 test on the prompt-length histogram; 0: off
+mean_shift                 1        1: mean-shift test on the drift signals (output confidence, input novelty)
 latency_ph_delta           0.5      Page-Hinkley tolerated change on latency (baseline std units)
 latency_ph_threshold       10       Page-Hinkley alarm threshold lambda on latency (baseline std units)
-quality_ph_delta           0.5      same, quality series (format validity, prompt NLL)
+quality_ph_delta           0.5      same, quality series (format validity)
 quality_ph_threshold       10       same, quality series
 latency_adwin_delta        0.002    ADWIN confidence on latency (smaller: fewer alarms, later)
 quality_adwin_delta        0.002    ADWIN confidence on quality
@@ -27,6 +28,9 @@ psi_threshold              0.25     PSI above this is an input drift
 ks_threshold               0.15     KS statistic above this (and p < ks_alpha) is an input drift
 ks_alpha                   0.001    KS p-value below which the KS statistic counts
 wasserstein_threshold      0.5      W1 distance above this, in reference standard deviations, is an input drift
+signal_z_threshold         5        Welch z (standard errors) a signal's recent mean must pass, in its bad direction
+signal_min_count           100      requests the recent windows must hold before a signal is tested
+signal_min_effect          0.2      smallest signal shift that counts, in the reference's standard deviations
 input_windows              5        fewest recent windows summed into the histogram that is tested
 input_min_count            200      prompts the tested histogram (and a learned reference) must hold; quiet
                                     devices sum more windows to reach it
@@ -37,6 +41,9 @@ quality_min_std            0.02     floor of a quality baseline std (absolute)
 min_instances              5        windows a scalar detector needs after a reset before it may alarm
 cooldown_s                 3600     no second action for the same profile and model within this many seconds
 max_retrains_per_day       3        drift retrains per profile per UTC day; more events get action "cooldown"
+retrain_min_samples        0        prompts the devices must sample after a quality or input drift before its retrain
+                                    starts (the new data it learns from; action "waiting_for_samples"); 0: at once
+retrain_max_wait_s         600      a waiting retrain starts after this many seconds with the prompts there are
 =========================  =======  ============================================================================
 
 Baselines learned from windows leave out outliers (median +- 4 MAD) and detectors use the 95% upper
@@ -83,6 +90,8 @@ class DriftConfig(SharedSettings):
     quality_min_std: float = Field(0.02, gt=0)
     cooldown_s: float = Field(3600.0, ge=0)
     max_retrains_per_day: int = Field(3, ge=0)
+    retrain_min_samples: int = Field(0, ge=0)
+    retrain_max_wait_s: float = Field(600.0, ge=0)
     # Not profile keys: the switches given (others are the detector's default) and the detectors' settings.
     switches: dict[str, bool] = Field(default_factory=dict)
     detector_settings: dict[str, DetectorSettings] = Field(default_factory=dict)

@@ -28,13 +28,16 @@ from typing import Any
 
 from sqlmodel import col, select
 
+from controller.drift.audited import audited_summary
 from controller.drift.baseline import baseline_metrics, load_baseline, merge_learned
 from controller.drift.config import DriftConfig, config_for
 from controller.drift.events import DriftEvent
 from controller.drift.policy import Booking, Decision, DriftActions, action_for, decide, dispatch
+from controller.drift.waiting import dispatch_waiting, hold
 from controller.drift.watch import Finding, Watch
 from controller.store.db import Store
 from controller.store.tables import DetectorState, DriftEventRow, KeyValue, TelemetryWindowRow
+from controller.telemetry.extras import load_signals
 from shared.errors import ConfigError
 from shared.profiles import DeviceProfile
 
@@ -98,7 +101,8 @@ def run_drift_check(
         log.debug("drift check: %d windows in %d groups, up to window id %d", len(rows), len(groups), cursor)
         if len(rows) < BATCH:
             break
-    return events
+    started = dispatch_waiting(store, actions, configs.get, now)
+    return events + [DriftEvent.from_row(row) for row in started]
 
 
 def _check_group(
@@ -120,8 +124,10 @@ def _check_group(
     fed_to = int(state.get("cursor_id", 0))
     findings: list[Finding] = []
     new = [w for w in windows if (w.id or 0) > fed_to]
+    with store.session() as s:
+        signals = load_signals(s, [w.id or 0 for w in new])
     for w in new:
-        findings.extend(watch.feed(w))
+        findings.extend(watch.feed(w, signals.get(w.id or 0)))
     if not new:
         return []
     created: list[tuple[DriftEventRow, Booking | None]] = []
@@ -135,7 +141,8 @@ def _check_group(
         s.add(row)
         for f in sorted(findings, key=lambda finding: action_for(finding.kind) != "retrain"):  # stable: retrains first
             decision = decide(s, profile.drift_policy, config, profile_name, model_name, f.kind, now)
-            event = _event_row(group, f, decision, profile.drift_policy, now)
+            event = _event_row(group, f, decision, profile.drift_policy, now, audited_summary(s, *group))
+            hold(event, decision, config, f.window_end)  # a waiting retrain is started by dispatch_waiting
             s.add(event)
             created.append((event, decision.booking))
             log.warning(
@@ -148,13 +155,17 @@ def _check_group(
                 f.metric,
                 f.detection.statistic,
                 f.detection.threshold,
-                decision.action,
+                event.action,
             )
     return [DriftEvent.from_row(dispatch(store, actions, e, booking)) for e, booking in created]
 
 
-def _event_row(group: GroupKey, f: Finding, decision: Decision, mode: str, now: float) -> DriftEventRow:
+def _event_row(
+    group: GroupKey, f: Finding, decision: Decision, mode: str, now: float, audited: dict[str, Any] | None = None
+) -> DriftEventRow:
     evidence = {**f.evidence, "policy": {"mode": mode, "action": decision.action, "reason": decision.reason}}
+    if audited is not None:  # the version's teacher-audited accuracy when the profile audits
+        evidence["audited_accuracy"] = audited
     return DriftEventRow(
         event_id=uuid.uuid4().hex[:12],
         profile=group[0],

@@ -4,10 +4,16 @@ into :class:`Finding` objects (one per kind per window), resetting that kind's d
 
 Dispatch is by the detector interface only (``controller/drift/base.py``), never by name: each of
 :data:`TARGETS` yields its input (a standardized float for a scalar metric, bin counts for the prompt-length
-histogram) once its baseline is known, and that input goes to every registered detector that the profile
-enables and whose ``input_type`` is the target's. A detector is built with ``params_for`` from its validated
-settings, handed the baseline when it declares ``needs_reference``, and rebuilt with its running state kept
-when the profile's settings change.
+histogram, the window's sums of a drift signal) once its baseline is known, and that input goes to every
+registered detector that the profile enables and whose ``input_type`` is the target's. A detector is built
+with ``params_for`` from its validated settings, handed the baseline when it declares ``needs_reference``, and
+rebuilt with its running state kept when the profile's settings change.
+
+Drift signals (``shared/signals.py``: output confidence, input novelty) come with the window as
+:class:`~shared.signals.SignalSummary` objects; their reference is the version's, measured by the factory on
+its validation split (``signal:<name>`` in the baseline), so they are tested from the first window. Without
+one, the detector learns it from the first windows. The prompt NLL is no longer watched: students learn
+answer tokens only, so it sits near ln(vocabulary) and carries no information.
 
 Pure computation on :class:`TelemetryWindowRow` objects, no database: the monitor persists ``to_state()``
 and the bench drives the very same code on synthetic windows.
@@ -34,18 +40,30 @@ from controller.drift.config import DriftConfig
 from controller.drift.registry import detector_classes, detector_from_state
 from controller.store.tables import TelemetryWindowRow
 from shared.errors import SlmopsError
+from shared.signals import SIGNAL_BAD_DIRECTION, SIGNAL_NAMES, SignalSummary
 
 log = logging.getLogger(__name__)
 
 RECENT_KEPT = 20
 
 # What is watched. Each target goes to every enabled detector whose input_type is the target's.
+SIGNAL_PREFIX = "signal:"
+SIGNAL_TARGETS = tuple(
+    Target(
+        f"{SIGNAL_PREFIX}{name}",
+        "input" if name == "input_novelty" else "quality",
+        SIGNAL_BAD_DIRECTION[name],  # type: ignore[arg-type]
+        InputType.SUMMARY,
+    )
+    for name in SIGNAL_NAMES
+)
 TARGETS = (
     Target("latency_p95_ms", "latency", "up", InputType.SCALAR),
     Target("format_validity", "quality", "down", InputType.SCALAR),
-    Target("prompt_nll", "quality", "up", InputType.SCALAR),
     Target(HIST_KEY, "input", "both", InputType.DISTRIBUTION),
+    *SIGNAL_TARGETS,
 )
+Signals = dict[str, SignalSummary]
 
 
 @dataclass
@@ -72,6 +90,8 @@ class Watch:
         self.detectors: dict[str, Detector] = {}
         self.recent: dict[str, list[float]] = {}
         self.windows_fed = 0
+        self.signal_recent: dict[str, list[dict[str, Any]]] = {}  # recent windows' sums per signal (evidence)
+        self._signals: Signals = {}
         self._params: dict[tuple[type[Detector], Target], DetectorParams] = {}
 
     # --- baseline ------------------------------------------------------------------------------------
@@ -132,8 +152,37 @@ class Watch:
             return None
         return counts, replace(target, edges=tuple(edges))
 
+    def _summary_input(self, target: Target, window: TelemetryWindowRow) -> Observed | None:
+        summary = self._signals.get(target.metric.removeprefix(SIGNAL_PREFIX))
+        if summary is None or summary.n <= 0:
+            return None
+        value = {"n": summary.n, **{k: v for k, v in summary.to_wire().items() if k != "counts"}}
+        recent = self.signal_recent.setdefault(target.metric, [])
+        recent.append(summary.to_wire())
+        del recent[:-RECENT_KEPT]
+        return value, target
+
+    def signal_evidence(self) -> dict[str, Any]:
+        """Per signal: the reference and the current distribution (counts, mean, std, n): the most recent
+        windows holding the requests a signal test needs (``signal_min_count``)."""
+        wanted = int(getattr(self.config.settings_for("mean_shift"), "signal_min_count", 100))
+        out: dict[str, Any] = {}
+        for metric, wires in self.signal_recent.items():
+            name = metric.removeprefix(SIGNAL_PREFIX)
+            merged = SignalSummary(name)
+            for wire in reversed(wires):
+                merged = merged.merge(SignalSummary.from_dict(name, wire))
+                if merged.n >= wanted:
+                    break
+            ref = self.baseline.get(metric)
+            out[name] = {"reference": ref, "current": merged.to_dict(), "direction_bad": SIGNAL_BAD_DIRECTION[name]}
+        return out
+
     def _reference(self, target: Target) -> Any:
-        """The baseline handed to a detector that declares ``needs_reference`` (see InputType)."""
+        """The baseline handed to a detector that declares ``needs_reference`` (see InputType); None when
+        there is none yet (a summary detector then learns it)."""
+        if target.input_type is InputType.SUMMARY:
+            return self.baseline.get(target.metric)
         if target.input_type is InputType.DISTRIBUTION:
             return self.baseline[target.metric]
         return {"mean": 0.0, "std": 1.0, "n": self.baseline[target.metric].get("n")}
@@ -141,6 +190,7 @@ class Watch:
     _INPUTS: dict[InputType, Callable[[Watch, Target, TelemetryWindowRow], Observed | None]] = {
         InputType.SCALAR: _scalar_input,
         InputType.DISTRIBUTION: _distribution_input,
+        InputType.SUMMARY: _summary_input,
     }
 
     # --- detectors -----------------------------------------------------------------------------------
@@ -156,8 +206,9 @@ class Watch:
         det = self.detectors.get(det_id)
         if det is None:
             det = cls(wanted)
-            if cls.needs_reference:
-                det.set_reference(self._reference(target))
+            reference = self._reference(target) if cls.needs_reference else None
+            if reference is not None:
+                det.set_reference(reference)
         elif det.p != wanted:  # the profile's settings changed: keep the running state
             det = det.reconfigured(wanted)
         self.detectors[det_id] = det
@@ -178,9 +229,10 @@ class Watch:
                     found.append(detection)
         return found
 
-    def feed(self, window: TelemetryWindowRow) -> list[Finding]:
-        """Feed one window; returns at most one finding per kind."""
+    def feed(self, window: TelemetryWindowRow, signals: Signals | None = None) -> list[Finding]:
+        """Feed one window (with its drift signals, when it has any); returns at most one finding per kind."""
         self.windows_fed += 1
+        self._signals = signals or {}
         hits: dict[str, list[tuple[Target, Detection]]] = {}
         for target in TARGETS:
             observed = self._INPUTS[target.input_type](self, target, window)
@@ -207,8 +259,16 @@ class Watch:
                 for s, d in hits[1:]
             ],
         }
+        if self.signal_recent:
+            evidence["signals"] = self.signal_evidence()
+            evidence["moved"] = [
+                s.metric.removeprefix(SIGNAL_PREFIX) for s, _ in hits if s.input_type is InputType.SUMMARY
+            ]
         if spec.input_type is InputType.DISTRIBUTION:
             evidence["baseline"] = {"counts": self.baseline.get(spec.metric), "edges": self.baseline.get(EDGES_KEY)}
+        elif spec.input_type is InputType.SUMMARY:
+            evidence["units"] = "standard errors of the recent mean (Welch z)"
+            evidence["baseline"] = self.baseline.get(spec.metric) or det.details.get("reference")
         else:
             evidence["units"] = "baseline standard deviations"
             evidence["baseline"] = self.baseline.get(spec.metric)
@@ -219,7 +279,7 @@ class Watch:
     def reset_kind(self, kind: str) -> None:
         metrics = {t.metric for t in TARGETS if t.kind == kind}
         for det_id, det in self.detectors.items():
-            if det_id.split(":", 1)[0] in metrics:
+            if det_id.rsplit(":", 1)[0] in metrics:  # "<metric>:<detector>"; signal metrics hold a colon too
                 det.reset()
 
     # --- state ---------------------------------------------------------------------------------------
@@ -230,6 +290,7 @@ class Watch:
             "hist_learning": self.hist_learning,
             "recent": self.recent,
             "windows_fed": self.windows_fed,
+            **({"signal_recent": self.signal_recent} if self.signal_recent else {}),
         }
 
     @classmethod
@@ -244,4 +305,5 @@ class Watch:
         watch.hist_learning = dict(state.get("hist_learning", {}))
         watch.recent = {k: list(v) for k, v in state.get("recent", {}).items()}
         watch.windows_fed = int(state.get("windows_fed", 0))
+        watch.signal_recent = {k: list(v) for k, v in state.get("signal_recent", {}).items()}
         return watch

@@ -5,7 +5,8 @@ A dispatcher thread launches queued jobs (at most ``max_concurrent`` at once), e
 (multiprocessing ``spawn``: the gRPC server's threads and memory are not inherited; a crash or an
 out-of-memory kill takes only the worker). Cancelling a queued job ends it at once; a running job gets
 ``cancel_requested``, its worker stops at the next check, and after ``cancel_grace_s`` the process is
-terminated. A worker that dies without ending its row is marked FAILED. At controller start
+terminated. A worker that dies without ending its row is marked FAILED. ``jobs``: where a worker runs its
+stages (``local``, ``ray://HOST:PORT``, ``ray:auto``; ``backends/``). At controller start
 :meth:`JobManager.recover` marks RUNNING jobs whose process is gone FAILED ("controller restarted").
 """
 
@@ -26,6 +27,7 @@ from typing import Any
 from sqlalchemy import update
 from sqlmodel import col, select
 
+from controller.factory.backends import check_spec, probe, ray_address
 from controller.factory.pipeline import validate_pipeline
 from controller.factory.plan import expand_recipe
 from controller.factory.recipe import apply_overrides, dump_recipe, load_recipe
@@ -120,8 +122,11 @@ class JobManager:
         poll_interval_s: float = 0.5,
         cancel_grace_s: float = 15.0,
         replica_id: str = "",
+        jobs: str | None = None,
     ) -> None:
         self.store = store
+        # Unset: the SLMOPS_JOBS the controller was started with (`slmops controller serve --jobs` sets it).
+        self.jobs = check_spec(jobs if jobs is not None else os.environ.get("SLMOPS_JOBS", "local"))
         self.replica_id = replica_id or f"{socket.gethostname()}-{os.getpid()}"
         self.data_dir = Path(data_dir)
         self.profiles = profiles
@@ -222,6 +227,9 @@ class JobManager:
     def start(self) -> None:
         if self._thread and self._thread.is_alive():
             return
+        if self.jobs != "local":
+            probe(ray_address(self.jobs))  # fail at start, naming the address, not in every job
+            log.info("build jobs run their stages on the Ray cluster at %s", ray_address(self.jobs))
         self.recover()
         self._stop.clear()
         self._thread = threading.Thread(target=self._loop, name="job-dispatcher", daemon=True)
@@ -296,7 +304,12 @@ class JobManager:
             try:
                 profiles = {n: p.model_dump() for n, p in self.profiles().items()}
                 args = WorkerArgs(
-                    self.store.url, str(self.data_dir), job.job_id, profiles, logging.getLogger().getEffectiveLevel()
+                    self.store.url,
+                    str(self.data_dir),
+                    job.job_id,
+                    profiles,
+                    logging.getLogger().getEffectiveLevel(),
+                    jobs=self.jobs,
                 )
                 proc = self._ctx.Process(target=run_job, args=(args,), name=f"job-{job.job_id}")
                 proc.start()

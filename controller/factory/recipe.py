@@ -4,7 +4,9 @@ A recipe names the data, the teacher, the student, optional fine-tuning, the tar
 evaluate; the planner (``controller/factory/plan``) turns it into a pipeline of stage steps. Sections that
 configure one training stage are passed to that stage's config (unknown keys are errors there, named as
 ``stage.field``). ``stages:`` adds steps of any registered stage after a phase of the pipeline (see
-``plan/phases.py``). Relative paths are resolved against the recipe file's folder when it is loaded.
+``plan/phases.py``). ``search:`` plans a hyperparameter search whose best trial overrides the hand-set values
+(``controller/factory/search/space.py``). Relative paths are resolved against the recipe file's folder when it
+is loaded.
 
 Overrides (``JobManager.submit(..., overrides=...)``; used by retrain/re-optimize) are a dict:
 - ``extra_train_data: [PATH, ...]``: JSONL files added to the training prompts (e.g. sampled production
@@ -28,6 +30,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from controller.factory.search.space import SearchSection
 from shared.errors import RecipeError
 
 
@@ -77,6 +80,9 @@ class TeacherSection(_Section):
     system_prompt: str | None = None
     limit: int | None = Field(None, gt=0)
     device: str = "auto"
+    # Warn (job log and summary) when the teacher's accuracy against the data's reference answers is below this:
+    # a student cannot learn what its teacher gets wrong. Unset: the distill-data stage's default (0.6).
+    min_accuracy: float | None = Field(None, ge=0, le=1)
 
     @model_validator(mode="after")
     def _one(self) -> TeacherSection:
@@ -117,6 +123,9 @@ class EvaluationSection(_Section):
     teacher_precision: Literal["fp32", "fp16", "int8", "int4"] = "fp32"
     teacher_execution_provider: str = "cpu"
     reference: bool = True
+    # Measure each variant's drift signals on the validation split (stage signal-reference) and ship them, with a
+    # sketch of the training prompts' words, in the version: drift is judged from the first window of traffic.
+    drift_reference: bool = True
     # JSONL of held-out prompts (e.g. sampled on devices; answers optional: the teacher labels prompts without
     # one). Every variant, and the parent version's variant when lineage.parent_version is set, is scored on it.
     holdout: str = ""
@@ -147,13 +156,25 @@ class Recipe(_Section):
     evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
     lineage: dict[str, Any] = Field(default_factory=dict)
     stages: list[StageEntry] = Field(default_factory=list)
+    # Hyperparameter search (``controller/factory/search/space.py``): its best trial feeds the pipeline.
+    search: SearchSection | None = None
 
     def profile_entries(self) -> list[ProfileEntry]:
         return [p if isinstance(p, ProfileEntry) else ProfileEntry(name=p) for p in self.profiles]
 
+    def unset_sections(self) -> set[str] | None:
+        """Sections left out of the hash and the dump when unused, so recipes without them hash as before."""
+        unset = {k for k, empty in (("stages", not self.stages), ("search", self.search is None)) if empty}
+        return unset or None
+
     def canonical_json(self) -> str:
-        # without extra stages the hash is what it was before ``stages`` existed (it is in published lineage)
-        exclude = None if self.stages else {"stages"}
+        # without extra stages / a search the hash is what it was before they existed (it is in published lineage)
+        exclude: dict[str, Any] = dict.fromkeys(self.unset_sections() or (), True)
+        # defaults of keys added later: recipes that leave them hash as before the keys existed
+        if self.evaluation.drift_reference:
+            exclude["evaluation"] = {"drift_reference"}
+        if self.teacher is not None and self.teacher.min_accuracy is None:
+            exclude["teacher"] = {"min_accuracy"}
         return json.dumps(self.model_dump(mode="json", exclude=exclude), sort_keys=True, separators=(",", ":"))
 
     def recipe_hash(self) -> str:
@@ -280,6 +301,6 @@ def dump_recipe(recipe: Recipe, overrides: dict[str, Any] | None = None) -> str:
     head = ""
     if overrides:
         head = "# effective recipe; overrides applied: " + json.dumps(overrides, sort_keys=True, default=str) + "\n"
-    exclude = None if recipe.stages else {"stages"}
+    exclude = recipe.unset_sections()
     body = yaml.safe_dump(recipe.model_dump(mode="json", exclude_none=True, exclude=exclude), sort_keys=False)
     return head + body

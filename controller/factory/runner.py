@@ -4,8 +4,13 @@ A step's cache key covers its stage's name and version, its parsed config, the k
 (its ``needs``; the output digest of a step that is never cached) and the content of existing absolute paths
 in its config (see ``cache.py``); so after a failure, or after changing one profile, a rerun redoes only the
 steps whose inputs changed. Stages whose class sets ``cacheable = False`` (``publish``) always run. Progress
-goes to ``on_progress(index, count, step, Progress)``; ``is_cancelled`` is checked between steps and by stages
-while they run.
+goes to ``on_progress(index, count, step, Progress)`` (``index`` counts from 0, cached steps included);
+``is_cancelled`` is checked between steps and by stages while they run.
+
+Each step runs through the job's task runner (``backends/``) with the resources its stage declares for its
+config: in this process with ``local``, as a Ray task with ``ray``. Steps that are never cached (``publish``,
+``registry-variant``) have effects outside their work dir (the registry) and always run here, in the job's
+worker: a job that fails or is cancelled before them never touches the registry.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from controller.factory.backends.base import TaskRunner
+from controller.factory.backends.local import LocalTaskRunner
 from controller.factory.cache import Fingerprints, StageCache, input_key, output_digest
 from controller.factory.pipeline import PipelineStep, check_structure
 from controller.factory.stage import Progress, Stage, StageConfig, StageContext, StageResult, get_stage
@@ -69,6 +76,7 @@ class PipelineRunner:
         extras: dict[str, Any] | None = None,
         on_progress: ProgressCallback | None = None,
         is_cancelled: Callable[[], bool] = lambda: False,
+        task_runner: TaskRunner | None = None,
     ) -> None:
         self.work_root = Path(work_root)
         self.cache = cache
@@ -76,6 +84,8 @@ class PipelineRunner:
         self.extras = extras or {}
         self.on_progress = on_progress or (lambda *_a: None)
         self.is_cancelled = is_cancelled
+        self.task_runner = task_runner or LocalTaskRunner()
+        self._here = LocalTaskRunner()
         self._fp = cache.fingerprints if cache else Fingerprints()
         self._log: list[dict[str, Any]] = []
 
@@ -118,10 +128,11 @@ class PipelineRunner:
             cache_dir=self.shared_cache_dir,
             progress=relay,
             is_cancelled=self.is_cancelled,
-            extras={**self.extras, "step": step},
+            extras={"task_runner": self.task_runner, **self.extras, "step": step},
         )
         self.on_progress(index, count, step, Progress(step.id, 0, 0, message="started"))
-        log.info("step %s (%s): running in %s", step.id, stage.name, work_dir)
+        where = self.task_runner.describe() if stage.cacheable else "the job worker"
+        log.info("step %s (%s): running in %s on %s", step.id, stage.name, work_dir, where)
         start = time.monotonic()
         res = self._call(stage, config, ctx, step, key, start)
         seconds = time.monotonic() - start
@@ -149,8 +160,9 @@ class PipelineRunner:
         self, stage: Stage, config: StageConfig, ctx: StageContext, step: PipelineStep, key: str, start: float
     ) -> StageResult:
         """``stage.run``; failures become StageErrors naming the step (the run is recorded either way)."""
+        runner = self.task_runner if stage.cacheable else self._here
         try:
-            return stage.run(config, ctx)
+            return runner.run_stage(stage, config, ctx, stage.resources_for(config))
         except Cancelled:
             self._record(step, "cancelled", key, time.monotonic() - start)
             raise

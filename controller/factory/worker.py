@@ -37,6 +37,8 @@ class WorkerArgs:
     # {name: DeviceProfile.model_dump()} as the controller had them when it launched the job.
     profiles: dict[str, dict[str, Any]]
     log_level: int = logging.INFO
+    # Where the stages run: "local" (this process), "ray://HOST:PORT" or "ray:auto" (controller setting `jobs`).
+    jobs: str = "local"
 
 
 def data_paths(data_dir: Path) -> dict[str, Path]:
@@ -70,6 +72,8 @@ class JobReporter:
             s.exec(update(Job).where(Job.job_id == self.job_id).values(**values))  # type: ignore[call-overload]
 
     def progress(self, index: int, count: int, step: Any, p: Any) -> None:
+        """``index`` is the step's 0-based position, ``count`` the number of steps (cached ones included): the
+        row's ``stage_index`` is that 0-based index, so ``[stage_index + 1/stage_count]`` reads 1/N .. N/N."""
         key = (index, p.message)
         now = time.monotonic()
         if key[0] != (self._last_key[0] if self._last_key else None):
@@ -82,7 +86,7 @@ class JobReporter:
         self._last_key, self._last_write = key, now
         self.update(
             stage=step.id,
-            stage_index=index + 1,
+            stage_index=index,
             stage_count=count,
             step=p.step,
             total_steps=p.total_steps,
@@ -135,11 +139,13 @@ def run_job(args: WorkerArgs) -> None:
 
 
 def _run(store: Store, args: WorkerArgs, paths: dict[str, Path]) -> None:
+    from controller.factory.backends import runner_from_spec
     from controller.factory.cache import StageCache
     from controller.factory.plan import expand_recipe
     from controller.factory.recipe import load_recipe
     from controller.factory.report import build_report
     from controller.factory.runner import PipelineRunner
+    from controller.factory.search.table import job_summary
     from controller.registry.blobstore import open_for_data_dir
     from controller.registry.registry import Registry
     from shared.manifest import load_or_create_signing_key
@@ -152,6 +158,7 @@ def _run(store: Store, args: WorkerArgs, paths: dict[str, Path]) -> None:
         log.error("job %s is not in the database", args.job_id)
         return
     reporter.update(state="RUNNING", pid=os.getpid(), message="starting")
+    task_runner = None
     try:
         profiles = {n: DeviceProfile.model_validate(p) for n, p in args.profiles.items()}
         recipe = load_recipe(job.recipe_yaml, job.recipe_path or "<recipe>")
@@ -161,6 +168,8 @@ def _run(store: Store, args: WorkerArgs, paths: dict[str, Path]) -> None:
         cache = StageCache(paths["stage_cache"])
         blobs = open_for_data_dir(Path(args.data_dir))
         registry = Registry(store, blobs, load_or_create_signing_key(paths["key"]))
+        task_runner = runner_from_spec(args.jobs)
+        log.info("job %s: stages run on %s", args.job_id, task_runner.describe())
         runner = PipelineRunner(
             paths["jobs"] / args.job_id,
             cache,
@@ -171,14 +180,22 @@ def _run(store: Store, args: WorkerArgs, paths: dict[str, Path]) -> None:
                 "fingerprints": cache.fingerprints,
                 "profiles": profiles,
                 "data_dir": Path(args.data_dir),
+                "task_runner": task_runner,
+                "db_url": args.db_url,  # the search stage keeps its Optuna study in the controller's database
             },
             on_progress=reporter.progress,
             is_cancelled=reporter.is_cancelled,
+            task_runner=task_runner,
         )
         result = runner.run(steps)
         evaluations = [o.metrics for o in result.outcomes.values() if o.step.stage == "evaluate"]
         report = build_report(evaluations)
         report["steps"] = {"ran": result.ran, "cached": result.cached}
+        warnings = [str(w) for o in result.outcomes.values() for w in (o.metrics or {}).get("warnings", [])]
+        if warnings:  # e.g. a teacher weaker than teacher.min_accuracy: slmops build --follow prints them
+            report["warnings"] = warnings
+        if search := job_summary(result.outcomes):
+            report["search"] = search  # the trial table: slmops build --follow / jobs show print it
         published = next((o.metrics for o in result.outcomes.values() if o.step.stage == "publish"), {})
         name, version = str(published.get("name", "")), str(published.get("version", ""))
         reporter.update(
@@ -200,3 +217,6 @@ def _run(store: Store, args: WorkerArgs, paths: dict[str, Path]) -> None:
     except Exception as exc:
         log.error("job %s crashed:\n%s", args.job_id, traceback.format_exc())
         reporter.update(state="FAILED", error=f"{type(exc).__name__}: {exc}"[:4000], message="crashed", eta_s=0.0)
+    finally:
+        if task_runner is not None:
+            task_runner.close()

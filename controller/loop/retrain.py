@@ -12,7 +12,7 @@ import logging
 import time
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from sqlmodel import select
@@ -84,6 +84,36 @@ def _mark_prompts_used(app: ControllerApp, name: str, job_id: str) -> None:
             s.add(row)
 
 
+def search_overrides(app: ControllerApp, recipe_yaml: str, name: str, version: str) -> dict[str, object]:
+    """A retrain of a recipe with ``search:``: with ``on_retrain: reuse`` (the default) the parent version's best
+    configuration (recorded in its lineage by publish) is reused and no trials run; with ``search`` (or when the
+    parent has no recorded search) the new job searches again, in a study of its own."""
+    search = (yaml.safe_load(recipe_yaml) or {}).get("search")
+    if not isinstance(search, dict) or search.get("on_retrain", "reuse") != "reuse":
+        return {}
+    return reuse_overrides(app.registry.get_model(name, version).lineage, f"{name}:{version}")
+
+
+def reuse_overrides(lineage: dict[str, Any], parent: str) -> dict[str, object]:
+    """``{"search": {"reuse_params": ..., "reuse_from": parent}}`` from a parent's lineage ({} without a search)."""
+    best = (lineage.get("search") or {}).get("best_params")
+    if not isinstance(best, dict):
+        log.info("%s has no recorded search result: the retrain searches again", parent)
+        return {}
+    return {"search": {"reuse_params": best, "reuse_from": parent}}
+
+
+def _search_target(recipe_yaml: str) -> str:
+    """The profile a recipe's search targets ("" without a search); a re-optimize of another profile leaves the
+    search step as it was, so it comes from the stage cache."""
+    recipe = yaml.safe_load(recipe_yaml) or {}
+    search = recipe.get("search")
+    if not isinstance(search, dict):
+        return ""
+    first = (recipe.get("profiles") or [""])[0]
+    return str(search.get("profile") or (first.get("name", "") if isinstance(first, dict) else first))
+
+
 class LoopActions:
     """What the drift policy may do: start jobs through the factory (``controller.drift.policy.DriftActions``)."""
 
@@ -114,6 +144,7 @@ class LoopActions:
         if holdout.stat().st_size:
             # the new variants and the ones they replace are scored on the same held-out production prompts
             overrides["holdout_data"] = str(holdout)
+        overrides.update(search_overrides(app, source.recipe_yaml, name, version))
         job = app.jobs.submit(source.recipe_yaml, source.recipe_path, "retrain", overrides, event.event_id)
         _mark_prompts_used(app, name, job.job_id)
         log.info("drift %s (%s on %s): retrain job %s with %d sampled prompts", event.event_id, event.kind,
@@ -135,6 +166,9 @@ class LoopActions:
             "parent_version": version,
             "lineage": {"drift_event_id": event.event_id, "reoptimized_to": lower},
         }
+        if _search_target(source.recipe_yaml) == event.profile:
+            # its build changes the search's target: reuse the parent's best instead of searching at the new precision
+            overrides.update(search_overrides(app, source.recipe_yaml, name, version))
         job = app.jobs.submit(source.recipe_yaml, source.recipe_path, "reoptimize", overrides, event.event_id)
         log.info(
             "drift %s: re-optimize %s for %s at %s as job %s", event.event_id, name, event.profile, lower, job.job_id

@@ -6,12 +6,18 @@ token: 403 with the reason as the body). Each connection has its own thread; pla
 ``socket.sendfile`` (zero-copy), TLS bodies (Python's ssl has no kernel TLS) with ``os.preadv`` into a reused
 4 MiB buffer and one ssl write per read, which keeps the copy loop in C and off the GIL. Connection threads run
 at a lower priority than the rest of the controller, so unary RPCs keep their latency during a rollout.
+
+A download gate (controller/registry/transfer.py ``DownloadGate``; ``artifact_max_downloads``, default from the
+cores) admits at most K bodies at once; a GET past them waits for a slot (up to GATE_QUEUE of them, GATE_WAIT_S
+each), past that it gets 503 with ``Retry-After`` (the agent waits that long, see agent/install/http_fetch.py).
+Every body byte sent is counted in ``slmops_controller_artifact_bytes_total{path="http"}`` (registry/metrics.py).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import re
 import socket
@@ -25,6 +31,8 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from controller.registry.blobstore.base import SHA_RE
+from controller.registry.metrics import ARTIFACT_ACTIVE, ARTIFACT_BUSY, ARTIFACT_BYTES, HTTP
+from controller.registry.transfer import DownloadGate, TransferBusy
 from controller.registry.urltokens import TokenRejected, UrlTokens
 
 log = logging.getLogger(__name__)
@@ -32,6 +40,8 @@ PREFIX = "/v1/artifacts/"
 TLS_BUFFER = 4 << 20
 MAX_CONNECTIONS = 256
 IO_TIMEOUT_S = 60.0
+GATE_QUEUE = 64  # requests that wait for a download slot (within MAX_CONNECTIONS); more get 503
+GATE_WAIT_S = 20.0  # the longest one waits before its 503 (well under the agent's 60 s read timeout)
 SENDER_NICE = 10  # connection threads run at this nice value (see _lower_priority)
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
@@ -80,17 +90,33 @@ class _Handler(BaseHTTPRequestHandler):
             self._refuse(exc)
             return
         with fh:
-            status = 200 if (first, last) == (0, size - 1) and "Range" not in self.headers else 206
-            self.send_response(status)
-            self.send_header("Content-Type", "application/octet-stream")
-            self.send_header("Accept-Ranges", "bytes")
-            self.send_header("Content-Length", str(last - first + 1 if size else 0))
-            if status == 206:
-                self.send_header("Content-Range", f"bytes {first}-{last}/{size}")
-            self.end_headers()
+            slot = None
             if body and size:
-                self.wfile.flush()
-                self.server.send_body(self.connection, fh, first, last - first + 1)
+                try:
+                    slot = self.server.gate.acquire() if self.server.gate is not None else None
+                except TransferBusy as exc:
+                    ARTIFACT_BUSY.inc()
+                    retry = str(max(1, math.ceil(exc.retry_after_s)))
+                    self._refuse(_Refused(503, exc.message, {"Retry-After": retry}))
+                    return
+            try:
+                self._send(fh, first, last, size, body)
+            finally:
+                if slot is not None:
+                    slot.release()
+
+    def _send(self, fh: Any, first: int, last: int, size: int, body: bool) -> None:
+        status = 200 if (first, last) == (0, size - 1) and "Range" not in self.headers else 206
+        self.send_response(status)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("Accept-Ranges", "bytes")
+        self.send_header("Content-Length", str(last - first + 1 if size else 0))
+        if status == 206:
+            self.send_header("Content-Range", f"bytes {first}-{last}/{size}")
+        self.end_headers()
+        if body and size:
+            self.wfile.flush()
+            self.server.send_body(self.connection, fh, first, last - first + 1)
 
     def _open(self) -> tuple[Any, int, int, int]:
         url = urlsplit(self.path)
@@ -140,9 +166,14 @@ class ArtifactHttpServer(ThreadingHTTPServer):
     request_queue_size = 128
 
     def __init__(
-        self, address: tuple[str, int], blobs: Any, tokens: UrlTokens, tls: ssl.SSLContext | None = None
+        self,
+        address: tuple[str, int],
+        blobs: Any,
+        tokens: UrlTokens,
+        tls: ssl.SSLContext | None = None,
+        gate: DownloadGate | None = None,
     ) -> None:
-        self.blobs, self.tokens, self.tls = blobs, tokens, tls
+        self.blobs, self.tokens, self.tls, self.gate = blobs, tokens, tls, gate
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self._thread: threading.Thread | None = None
         family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
@@ -189,8 +220,19 @@ class ArtifactHttpServer(ThreadingHTTPServer):
         log.info("artifact http: connection from %s ended: %s", client_address[0], sys.exc_info()[1])
 
     def send_body(self, sock: socket.socket, fh: Any, offset: int, count: int) -> None:
+        ARTIFACT_ACTIVE.inc()
+        try:
+            self._send_body(sock, fh, offset, count)
+        finally:
+            ARTIFACT_ACTIVE.dec()
+
+    def _send_body(self, sock: socket.socket, fh: Any, offset: int, count: int) -> None:
         if not isinstance(sock, ssl.SSLSocket):
-            sock.sendfile(fh, offset, count)  # os.sendfile: zero-copy
+            sent = 0
+            try:
+                sent = sock.sendfile(fh, offset, count)  # os.sendfile: zero-copy
+            finally:  # a client gone mid-body: what the kernel took still counts
+                ARTIFACT_BYTES.labels(HTTP).inc(sent or max(0, fh.tell() - offset))
             return
         buf = bytearray(min(TLS_BUFFER, count))
         view = memoryview(buf)
@@ -200,6 +242,7 @@ class ArtifactHttpServer(ThreadingHTTPServer):
             if n <= 0:
                 raise OSError(f"blob ended {count} bytes early")
             sock.sendall(view[:n])
+            ARTIFACT_BYTES.labels(HTTP).inc(n)
             offset += n
             count -= n
 
@@ -213,6 +256,15 @@ class ArtifactHttpServer(ThreadingHTTPServer):
             self.shutdown()
             self._thread.join(5)
         self.server_close()
+
+
+def artifact_gate(slots: int = 0) -> DownloadGate:
+    """The artifact server's download gate: ``slots`` bodies at once (0: one per two CPU cores, so TLS leaves
+    the other half to the RPCs; measured in bench/rollout_gate.py). Up to
+    ``GATE_QUEUE`` more requests wait for a slot (a waiting connection costs a thread and no CPU, and a slot never
+    idles while agents wait) for at most ``GATE_WAIT_S``; the rest get 503 with ``Retry-After: 1``."""
+    slots = slots or max(1, (os.cpu_count() or 2) // 2)
+    return DownloadGate(slots=slots, max_waiting=GATE_QUEUE, wait_s=GATE_WAIT_S, retry_after_s=1.0)
 
 
 def _lower_priority() -> None:

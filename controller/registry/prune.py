@@ -13,7 +13,6 @@ unreferenced blobs, which the next prune removes.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Iterable
@@ -27,6 +26,7 @@ from controller.rollout.spec import LIVE_STATES
 from controller.store.db import Store
 from controller.store.tables import Device, ModelVersionRow, Rollout, RolloutTarget, VariantRow
 from shared.errors import InvalidArgument, NotFound
+from shared.manifest import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +73,7 @@ def referenced(variants: Iterable[VariantRow], skip: set[tuple[str, str]]) -> se
     for row in variants:
         if (row.name, row.version) in skip:
             continue
-        data = json.loads(bytes(row.manifest_json))
-        shas.update(str(f["sha256"]) for f in data.get("files", []))
+        shas.update(f.sha256 for f in Manifest.from_json(bytes(row.manifest_json)).files)
     return shas
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -16,7 +15,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from controller.registry.blobstore.base import BlobStore
-from shared.errors import InvalidArgument, ResourceExhausted
+from shared.errors import InvalidArgument, ResourceExhausted, Unavailable
 
 try:  # zlib-ng's SIMD crc32 is ~15x faster than zlib's (same polynomial); optional
     from zlib_ng.zlib_ng import crc32
@@ -120,14 +119,33 @@ class DownloadGate:
 
 class BlobRanges:
     """An open blob and the ``(offset, length)`` of each chunk to send from ``offset`` to its end, paced to
-    ``max_bps`` (0: no limit). Iterate once; the file is closed when the iteration ends or by :meth:`close`."""
+    ``max_bps`` (0: no limit). Iterate once; the file is closed when the iteration ends or by :meth:`close`.
 
-    def __init__(self, fh: BinaryIO, offset: int, total: int, chunk_size: int, max_bps: int) -> None:
+    ``local``: ``fh`` is the blob's own file (read with pread at blob offsets); otherwise it is a remote store's
+    stream of the bytes from ``offset`` on (S3's ranged GET), read in order as the chunks go out."""
+
+    def __init__(
+        self, fh: BinaryIO, offset: int, total: int, chunk_size: int, max_bps: int, local: bool = True
+    ) -> None:
         self.fh, self.offset, self.total = fh, offset, total
-        self.chunk_size, self.max_bps = chunk_size, max_bps
+        self.chunk_size, self.max_bps, self.local = chunk_size, max_bps, local
 
     def fileno(self) -> int:
         return self.fh.fileno()
+
+    def fill(self, buf: memoryview, pos: int) -> None:
+        """Read the blob's bytes at ``pos`` into all of ``buf`` (chunks are asked for in order)."""
+        if self.local:
+            read_exact(self.fh.fileno(), buf, pos, self.total)
+            return
+        done = 0
+        while done < len(buf):
+            got = self.fh.readinto(buf[done:])  # type: ignore[attr-defined]
+            if not got:
+                raise Unavailable(
+                    f"the blob store's stream ended at byte {pos + done} of {self.total}: retry the download"
+                )
+            done += got
 
     def close(self) -> None:
         self.fh.close()
@@ -158,32 +176,20 @@ def open_ranges(
     """
     if chunk_size <= 0 or chunk_size > MAX_CHUNK:
         raise InvalidArgument(f"chunk size {chunk_size} must be within 1..{MAX_CHUNK} bytes")
-    fh, total = _open_file(store, sha, int(offset))
+    fh, total, local = _open_file(store, sha, int(offset))
     max_bps = max(0, int(max_bytes_per_s or 0))
     if max_bps:
         # About 8 chunks a second keeps the pacing smooth; never below 16 KiB a chunk.
         chunk_size = max(16 << 10, min(chunk_size, max_bps // 8))
-    return BlobRanges(fh, int(offset), total, chunk_size, max_bps)
+    return BlobRanges(fh, int(offset), total, chunk_size, max_bps, local)
 
 
-def _open_file(store: BlobStore, sha: str, offset: int) -> tuple[BinaryIO, int]:
-    """A real file (``fileno()``, pread at blob offsets) holding the blob from ``offset``: the blob's own file on
-    the filesystem backend (the fast path); for a remote store (agents too old for presigned URLs) the range is
-    first copied into an anonymous sparse temp file at the same offsets."""
-    if store.local_path(sha) is not None:
-        return store.open_range(sha, offset)
-    body, total = store.open_range(sha, offset)
-    tmp = tempfile.TemporaryFile()  # noqa: SIM115 - returned to the caller
-    try:
-        with body:
-            tmp.seek(offset)
-            while data := body.read(DEFAULT_CHUNK):
-                tmp.write(data)
-        tmp.flush()
-    except BaseException:
-        tmp.close()
-        raise
-    return tmp, total
+def _open_file(store: BlobStore, sha: str, offset: int) -> tuple[BinaryIO, int, bool]:
+    """The blob from ``offset``: its own file on the filesystem backend (the fast path: pread at blob offsets,
+    ``local`` True), else the remote store's stream of the range (agents too old for presigned URLs), read in
+    order as the chunks go out, without a copy on the controller's disk."""
+    fh, total = store.open_range(sha, offset)
+    return fh, total, store.local_path(sha) is not None
 
 
 def read_exact(fd: int, buf: memoryview, pos: int, total: int) -> None:
@@ -209,7 +215,13 @@ def iter_chunks(
 
 
 def read_chunks(ranges: BlobRanges) -> Iterator[Chunk]:
-    """The chunks of ``ranges`` read from its file."""
+    """The chunks of ``ranges`` read from its file (or its remote stream)."""
+    if not ranges.local:
+        for pos, n in ranges:
+            buf = bytearray(n)
+            ranges.fill(memoryview(buf), pos)
+            yield Chunk(pos, bytes(buf), ranges.total, crc32(buf))
+        return
     fd = ranges.fileno()
     for pos, n in ranges:
         data = os.pread(fd, n, pos)

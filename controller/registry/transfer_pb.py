@@ -25,11 +25,12 @@ wrapping only the method call would not see. Without ``context`` they propagate 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
 
 from controller.registry.blobstore.base import BlobStore
+from controller.registry.metrics import ARTIFACT_BYTES, GRPC
 from controller.registry.transfer import (
     DEFAULT_CHUNK,
     RETRY_AFTER_KEY,
@@ -100,12 +101,19 @@ class ChunkEncoder:
 
     def read(self, fd: int, pos: int, n: int, total: int) -> bytes:
         """The ArtifactChunk of the ``n`` bytes at ``pos`` of the open blob ``fd`` of ``total`` bytes."""
+        return self._message(lambda data: read_exact(fd, data, pos, total), pos, n, total)
+
+    def read_ranges(self, ranges: BlobRanges, pos: int, n: int) -> bytes:
+        """The ArtifactChunk of the ``n`` bytes at ``pos`` of ``ranges`` (a local file or a remote stream)."""
+        return self._message(lambda data: ranges.fill(data, pos), pos, n, ranges.total)
+
+    def _message(self, fill: Callable[[memoryview], None], pos: int, n: int, total: int) -> bytes:
         if n > self._capacity:
             self._grow(n)
         view = self._view
         end = _HEAD_ROOM + n
         with view[_HEAD_ROOM:end] as data:
-            read_exact(fd, data, pos, total)
+            fill(data)
             crc = crc32(data)
         head, tail = _head(pos, n), _tail(total, crc)
         start = _HEAD_ROOM - len(head)
@@ -121,10 +129,18 @@ def read_encoded(fd: int, pos: int, n: int, total: int) -> bytes:
 
 
 def _encoded(ranges: BlobRanges) -> Iterator[bytes]:
-    fd = ranges.fileno()
     encoder = ChunkEncoder(ranges.chunk_size)
+    served = ARTIFACT_BYTES.labels(GRPC)
     for pos, n in ranges:
-        yield encoder.read(fd, pos, n, ranges.total)
+        yield encoder.read_ranges(ranges, pos, n)
+        served.inc(n)  # handed to gRPC
+
+
+def _messages(ranges: BlobRanges) -> Iterator[agent_pb2.ArtifactChunk]:
+    served = ARTIFACT_BYTES.labels(GRPC)
+    for chunk in read_chunks(ranges):
+        yield chunk_to_pb(chunk)
+        served.inc(len(chunk.data))
 
 
 def serialize_chunk(message: agent_pb2.ArtifactChunk | bytes) -> bytes:
@@ -200,7 +216,7 @@ def stream_artifact(
         raise  # unreachable: abort raises
     if slot is not None and context is not None:
         context.add_callback(slot.release)
-    messages = _encoded(ranges) if wire else (chunk_to_pb(c) for c in read_chunks(ranges))
+    messages = _encoded(ranges) if wire else _messages(ranges)
     return _pb_stream(messages, slot, context, request_sha)
 
 

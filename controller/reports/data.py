@@ -83,6 +83,9 @@ class ReportData:
     jobs: list[Job] = field(default_factory=list)
     rollouts: list[Rollout] = field(default_factory=list)
     build_jobs: int = 0
+    # Seconds per plotted point; drift signals' means per point (controller/reports/evidence.py).
+    bucket_s: float = 0.0
+    signal_series: dict[tuple[str, str, str], list[tuple[float, dict[str, float]]]] = field(default_factory=dict)
 
     @property
     def has_telemetry(self) -> bool:
@@ -156,11 +159,18 @@ def _version_stats(conn: Connection, since: float) -> list[VersionStats]:
     return out
 
 
-def _series(conn: Connection, since: float, now: float) -> dict[tuple[str, str, str], list[SeriesPoint]]:
+def _bucket(conn: Connection, since: float) -> float | None:
+    """Seconds per plotted point (about TARGET_POINTS over the windows' span); None without windows."""
     span = conn.execute(select(func.min(W.end_unix), func.max(W.end_unix)).where(W.end_unix >= since)).one()
     if span[0] is None:
+        return None
+    return max(1.0, (float(span[1]) - float(span[0])) / TARGET_POINTS)
+
+
+def _series(conn: Connection, since: float, now: float) -> dict[tuple[str, str, str], list[SeriesPoint]]:
+    bucket = _bucket(conn, since)
+    if bucket is None:
         return {}
-    bucket = max(1.0, (float(span[1]) - float(span[0])) / TARGET_POINTS)
     slot = cast(W.end_unix / bucket, Integer).label("slot")
     query = (
         select(W.profile, W.model_name, W.model_version, slot, *_aggregates())
@@ -231,6 +241,11 @@ def load_report_data(store: Store, since: float, now: float, offline_after_s: fl
         data.versions = _version_stats(conn, since)
         data.series = _series(conn, since, now)
         data.devices = _devices(conn, since, now, offline_after_s)
+        data.bucket_s = _bucket(conn, since) or 0.0
+    if data.bucket_s:
+        from controller.reports.evidence import signal_series
+
+        data.signal_series = signal_series(store, since, data.bucket_s)
     with store.session() as s:
         data.events = list(
             s.exec(

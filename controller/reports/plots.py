@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import itertools
 import logging
+import math
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -103,6 +105,7 @@ def _lines(
         pts = [(t, v) for t, v in pts if v is not None and (v > 0 or not positive)]
         if not pts:
             continue
+        pts = with_gaps(pts, data.bucket_s)
         ax.plot(
             [_dt(t) for t, _ in pts],
             [v for _, v in pts],
@@ -111,6 +114,41 @@ def _lines(
             linewidth=1.3,
             marker="." if len(pts) < 40 else None,
             label=_label(key) + label_suffix,
+        )
+        drawn = True
+    return drawn
+
+
+def with_gaps(pts: list[tuple[float, float]], step: float) -> list[tuple[float, float]]:
+    """The points with a NaN between two that are further apart than two plotted steps: matplotlib breaks the
+    line there, so a series without data (a version idle during a retrain) shows a gap, not a straight line."""
+    if not step or len(pts) < 2:
+        return pts
+    out = [pts[0]]
+    for prev, cur in itertools.pairwise(pts):
+        if cur[0] - prev[0] > 2.0 * step:
+            out.append(((prev[0] + cur[0]) / 2, math.nan))
+        out.append(cur)
+    return out
+
+
+def _signal_lines(ax: Any, data: ReportData, name: str) -> bool:
+    """One drift signal's mean per point and version (from the windows' signal summaries), with gaps."""
+    colors = _colors(data)
+    drawn = False
+    for key, points in sorted(data.signal_series.items()):
+        pts = [(t, sig[name]) for t, sig in points if name in sig]
+        if not pts:
+            continue
+        pts = with_gaps(pts, data.bucket_s)
+        ax.plot(
+            [_dt(t) for t, _ in pts],
+            [v for _, v in pts],
+            "-",
+            color=colors.get(key, "tab:gray"),
+            linewidth=1.3,
+            marker="." if len(pts) < 40 else None,
+            label=_label(key),
         )
         drawn = True
     return drawn
@@ -162,17 +200,31 @@ def throughput_png(data: ReportData) -> bytes:
     return _png(fig)
 
 
+QUALITY_SIGNALS = (
+    ("answer_logprob_mean", "Output confidence: mean token log-probability of the answers", "nats/token"),
+    ("answer_entropy_first", "Output uncertainty: entropy of the first answer tokens", "nats"),
+    ("input_novelty", "Input novelty: share of prompt words unseen in training", "share of words"),
+)
+
+
 def quality_png(data: ReportData) -> bytes:
+    """Only informative signals: format validity when measured (not under an enforced schema), and the drift
+    signals (the prompt NLL is retired: it carried no information)."""
     keys = sorted(data.series)
-    fig, (ax_fv, ax_nll) = _figure(2)
-    if not _lines(ax_fv, data, keys, lambda p: p.format_validity):
-        ax_fv.text(0.5, 0.5, "format validity not measured", transform=ax_fv.transAxes, ha="center")
-    _marks(ax_fv, data, label=True)
-    _finish(ax_fv, "Output format validity (drift events red, rollouts green)", "share valid")
-    if not _lines(ax_nll, data, keys, lambda p: p.prompt_nll):
-        ax_nll.text(0.5, 0.5, "prompt NLL not measured", transform=ax_nll.transAxes, ha="center")
-    _marks(ax_nll, data, label=False)
-    _finish(ax_nll, "Prompt NLL per token (served model)", "nats/token")
+    panels: list[tuple[str, str, str]] = []
+    if any(p.format_validity is not None for k in keys for p in data.series[k]):
+        panels.append(("format_validity", "Output format validity", "share valid"))
+    panels += [q for q in QUALITY_SIGNALS if any(q[0] in sig for pts in data.signal_series.values() for _, sig in pts)]
+    if not panels:
+        panels = [("", "No quality signal measured in this period", "")]
+    fig, axes = _figure(len(panels))
+    for i, (ax, (name, title, unit)) in enumerate(zip(axes, panels, strict=True)):
+        if name == "format_validity":
+            _lines(ax, data, keys, lambda p: p.format_validity)
+        elif name:
+            _signal_lines(ax, data, name)
+        _marks(ax, data, label=i == 0)
+        _finish(ax, title + (" (drift events red, rollouts green)" if i == 0 else ""), unit)
     return _png(fig)
 
 

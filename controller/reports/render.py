@@ -14,7 +14,10 @@ from importlib import resources
 from string import Template
 
 from controller.reports.data import ReportData, load_report_data
+from controller.reports.evidence import evidence_html, parse_evidence
 from controller.reports.plots import render_plots
+from controller.reports.search import caption as search_caption
+from controller.reports.search import search_plots
 from controller.reports.text import NO_TELEMETRY, duration, summary_text, when
 from controller.store.db import Store
 
@@ -24,7 +27,10 @@ DEFAULT_OFFLINE_AFTER_S = 30.0
 CAPTIONS = {
     "latency.png": "Latency percentiles per profile and version (p95 solid, p50 dashed, p99 dotted).",
     "throughput.png": "Tokens per second and error rate per profile and version.",
-    "quality.png": "Quality signals: output format validity and prompt NLL; drift events and rollouts marked.",
+    "quality.png": (
+        "Quality signals: output confidence, first-token entropy, input novelty (and format validity when it is "
+        "measured); gaps where a version had no traffic; drift events and rollouts marked."
+    ),
 }
 
 
@@ -49,6 +55,8 @@ def render_report(
     data = load_report_data(store, now - since_s, now, offline_after_s)
     text = summary_text(data)
     plots = render_plots(data) if (html or png) else {}
+    if html or png:
+        plots.update(search_plots(store.url, now - since_s, now))  # hyperparameter searches in the window
     page = html_page(data, text, plots) if html else None
     return Report(summary_text=text, html=page, pngs=plots if png else {})
 
@@ -79,7 +87,7 @@ def _plots_html(plots: dict[str, bytes]) -> str:
     parts = []
     for name, data in plots.items():
         b64 = base64.b64encode(data).decode("ascii")
-        caption = _esc(CAPTIONS.get(name, name))
+        caption = _esc(CAPTIONS.get(name) or search_caption(name) or name)
         parts.append(
             f'<figure><img src="data:image/png;base64,{b64}" alt="{_esc(name)}">'
             f"<figcaption>{caption}</figcaption></figure>"
@@ -141,7 +149,12 @@ def _events_html(data: ReportData) -> str:
         for e in data.events
     ]
     headers = ["time", "id", "profile", "model", "kind", "detector", "metric", "statistic / threshold", "action", "job"]
-    return _html_table(headers, rows)
+    details = "".join(
+        f"<details><summary>evidence of {_esc(e.event_id)}: {_esc(e.kind)} drift, {_esc(e.detector)} on "
+        f"{_esc(e.metric)}</summary>{evidence_html(parse_evidence(e.evidence_json))}</details>"
+        for e in data.events
+    )
+    return _html_table(headers, rows) + details
 
 
 def _jobs_html(data: ReportData) -> str:

@@ -6,6 +6,7 @@ from collections import Counter
 from datetime import UTC, datetime
 
 from controller.reports.data import ReportData
+from controller.reports.evidence import evidence_lines, parse_evidence
 
 NO_TELEMETRY = "no telemetry yet"
 
@@ -66,7 +67,6 @@ def summary_text(data: ReportData) -> str:
                 f"{v.tokens_per_s:.1f}",
                 f"{100 * v.error_rate:.2f}%",
                 _opt(v.format_validity, ".3f"),
-                _opt(v.prompt_nll, ".3f"),
             ]
             for v in data.versions
         ]
@@ -81,9 +81,8 @@ def summary_text(data: ReportData) -> str:
             "tok/s",
             "errors",
             "format ok",
-            "prompt nll",
         ]
-        out += table(headers, rows, numeric=set(range(2, 11)))
+        out += table(headers, rows, numeric=set(range(2, 10)))
     out.append("")
     out.append(f"Drift events: {len(data.events)}")
     if data.events:
@@ -105,6 +104,9 @@ def summary_text(data: ReportData) -> str:
         out += table(
             ["time", "profile", "model", "kind", "detector", "metric", "statistic", "action", "job", "id"], rows
         )
+        for e in data.events:
+            out.append(f"Evidence of {e.event_id} ({e.kind} drift, {e.detector} on {e.metric}):")
+            out += [f"  {line}" for line in evidence_lines(parse_evidence(e.evidence_json))]
     out.append("")
     out.append(f"Retrain / re-optimize jobs: {len(data.jobs)} (all jobs in the period: {data.build_jobs})")
     if data.jobs:

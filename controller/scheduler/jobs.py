@@ -4,6 +4,8 @@
   the agent servicer wakes it early after an install report.
 - ``drift-check``: run the drift detectors over new telemetry and act on events (``controller.drift.monitor``,
   actions from ``controller.loop.retrain``).
+- ``quality-audit``: check a budgeted share of sampled answers with the teacher, for the profiles that opt in
+  (``audit:``), and raise a quality drift when the estimated accuracy drops (``controller.loop.audit``).
 - ``job-promotion``: roll out, as canaries, the versions that finished drift-triggered jobs published
   (``controller.loop.promotion``).
 
@@ -29,6 +31,7 @@ log = logging.getLogger(__name__)
 ROLLOUT_TICK = "rollout-tick"
 DRIFT_CHECK = "drift-check"
 JOB_PROMOTION = "job-promotion"
+QUALITY_AUDIT = "quality-audit"
 
 
 @dataclass(frozen=True)
@@ -38,6 +41,7 @@ class Intervals:
     rollout_tick_s: float = 5.0
     drift_check_s: float = 60.0
     job_promotion_s: float = 2.0
+    quality_audit_s: float = 60.0
 
 
 def start_scheduler(
@@ -45,6 +49,7 @@ def start_scheduler(
     rollout_tick: Hook | None,
     drift_check: Hook | None = None,
     job_promotion: Hook | None = None,
+    quality_audit: Hook | None = None,
     intervals: Intervals = Intervals(),
     start: bool = True,
 ) -> ControllerScheduler:
@@ -57,6 +62,7 @@ def start_scheduler(
         (ROLLOUT_TICK, rollout_tick, intervals.rollout_tick_s),
         (DRIFT_CHECK, drift_check, intervals.drift_check_s),
         (JOB_PROMOTION, job_promotion, intervals.job_promotion_s),
+        (QUALITY_AUDIT, quality_audit, intervals.quality_audit_s),
     )
     for name, hook, every_s in jobs:
         if hook is not None:
@@ -80,6 +86,13 @@ def drift_step(app: ControllerApp) -> None:
     run_drift_check(app.store, app.catalog.all(), LoopActions(app))
 
 
+def audit_step(app: ControllerApp) -> None:
+    """Teacher-audited accuracy for the profiles that opt in (see controller/loop/audit.py)."""
+    from controller.loop.audit_step import audit_step as run_audit_step
+
+    run_audit_step(app)
+
+
 def promotion_step(app: ControllerApp) -> None:
     """Promote finished drift-triggered builds to canary rollouts (see controller/loop/promotion.py)."""
     from controller.loop.promotion import promote_finished_jobs
@@ -96,10 +109,12 @@ def start_periodic_jobs(app: ControllerApp, address: str = "") -> ControllerSche
         rollout_tick=rollout_tick_hook(app.store),
         drift_check=functools.partial(drift_step, app),
         job_promotion=functools.partial(promotion_step, app),
+        quality_audit=functools.partial(audit_step, app),
         intervals=Intervals(
             rollout_tick_s=s.scheduler_interval_s,
             drift_check_s=s.drift_interval_s,
             job_promotion_s=s.scheduler_interval_s,
+            quality_audit_s=s.drift_interval_s,
         ),
         start=False,
     )

@@ -21,6 +21,7 @@ from sqlmodel import Session
 
 from controller.store.db import Store
 from controller.store.tables import Device, SampledPrompt, TelemetryBatchRow, TelemetryWindowRow
+from controller.telemetry.extras import save_answers, save_signals
 from shared.errors import PermissionDenied
 from shared.telemetry import TelemetryBatchData, TelemetryWindowData, batch_from_pb
 
@@ -37,6 +38,9 @@ _WINDOW_COLUMNS = tuple(
 _INSERT_BATCH = insert(TelemetryBatchRow.__table__)  # type: ignore[attr-defined]
 _INSERT_WINDOW = insert(TelemetryWindowRow.__table__)  # type: ignore[attr-defined]
 _INSERT_PROMPT = insert(SampledPrompt.__table__)  # type: ignore[attr-defined]
+# With drift signals / sampled answers the new ids key their KeyValue rows (controller/telemetry/extras.py).
+_INSERT_WINDOW_IDS = _INSERT_WINDOW.returning(TelemetryWindowRow.__table__.c.id, sort_by_parameter_order=True)  # type: ignore[attr-defined]
+_INSERT_PROMPT_IDS = _INSERT_PROMPT.returning(SampledPrompt.__table__.c.id, sort_by_parameter_order=True)  # type: ignore[attr-defined]
 _TOUCH_DEVICE = (
     update(Device.__table__)  # type: ignore[attr-defined]
     .where(Device.__table__.c.agent_id == bindparam("a"))  # type: ignore[attr-defined]
@@ -66,6 +70,17 @@ def window_values(agent_id: str, seq: int, w: TelemetryWindowData, profile: str)
         prompt_len_edges_json=json.dumps(w.prompt_len_edges),
     )
     return values
+
+
+def _insert(conn: Any, plain: Any, with_ids: Any, rows: list[dict[str, Any]], extras: list[Any], save: Any) -> None:
+    """Insert ``rows``; when any has an extra (signals, an answer), with their new ids, and save the extras."""
+    if not rows:
+        return
+    if not any(extras):
+        conn.execute(plain, rows)
+        return
+    ids = [int(r[0]) for r in conn.execute(with_ids, rows)]
+    save(conn, ids, extras)
 
 
 def _to_domain(agent_id: str, batch: Any) -> TelemetryBatchData:
@@ -108,7 +123,7 @@ def ingest_batch(store: Store, agent_id: str, batch: Any, now: float | None = No
             )
             conn.execute(_TOUCH_DEVICE, {"a": agent_id, "now": now})
             fallback = _device_profile(s, agent_id) if any(not w.profile for w in data.windows) else ""
-            rows, prompts = [], []
+            rows, prompts, answers = [], [], []
             for w in data.windows:
                 profile = w.profile or fallback
                 rows.append(window_values(agent_id, data.seq, w, profile))
@@ -124,10 +139,9 @@ def ingest_batch(store: Store, agent_id: str, batch: Any, now: float | None = No
                     }
                     for prompt in w.sampled_prompts
                 ]
-            if rows:
-                conn.execute(_INSERT_WINDOW, rows)
-            if prompts:
-                conn.execute(_INSERT_PROMPT, prompts)
+                answers += w.sampled_answers or [""] * len(w.sampled_prompts)
+            _insert(conn, _INSERT_WINDOW, _INSERT_WINDOW_IDS, rows, [w.signals for w in data.windows], save_signals)
+            _insert(conn, _INSERT_PROMPT, _INSERT_PROMPT_IDS, prompts, answers, save_answers)
             acked = _max_seq(s, agent_id)
     except IntegrityError:
         with store.session() as s:

@@ -57,3 +57,25 @@ def test_nothing_listening_names_the_address(capsys) -> None:
     assert main(["devices", "list", "--controller", f"127.0.0.1:{port}", "--insecure"]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert f"nothing listens at 127.0.0.1:{port}" in err
+
+
+def test_connection_error_is_one_line_naming_the_address_and_its_source(monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    monkeypatch.setenv("SLMOPS_CONTROLLER", f"127.0.0.1:{port}")
+    monkeypatch.setenv("COLUMNS", "60")  # a narrow terminal still gets one line
+    assert main(["jobs", "list", "--insecure"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert f"nothing listens at 127.0.0.1:{port} (from SLMOPS_CONTROLLER)" in err
+    # the streaming call (`jobs show --follow`) says the same instead of a gRPC traceback
+    assert main(["jobs", "show", "j1", "--follow", "--insecure", "--controller", f"127.0.0.1:{port}"]) == 2
+    err = capsys.readouterr().err
+    assert f"nothing listens at 127.0.0.1:{port} (from --controller)" in err and err.count("\n") == 1
+    monkeypatch.delenv("SLMOPS_CONTROLLER")
+    from controller.cli.common import address_and_source
+
+    assert address_and_source(type("A", (), {"controller": None})())[1].startswith("the default")

@@ -7,7 +7,7 @@ watch feeds the detectors, so the one reported when several alarm on the same ki
 
 from importlib import import_module
 
-BUILTIN = ("page_hinkley", "adwin", "psi", "ks", "wasserstein")
+BUILTIN = ("page_hinkley", "adwin", "psi", "ks", "wasserstein", "mean_shift")
 
 for _module in BUILTIN:
     import_module(f"{__name__}.{_module}")

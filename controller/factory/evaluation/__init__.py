@@ -39,8 +39,14 @@ def run_evaluation(
     is_cancelled: Callable[[], bool] = lambda: False,
     on_progress: Callable[[int, int], None] | None = None,
     stage: str = "evaluate",
+    guided: bool = True,
+    output_schema: dict[str, Any] | None = None,
 ) -> EvalResult:
-    """Evaluate one model folder on a JSONL test set; writes spec, log, result and predictions to ``out_dir``."""
+    """Evaluate one model folder on a JSONL test set; writes spec, log, result and predictions to ``out_dir``.
+
+    With an output schema (``output_schema``, else the task's) and ``guided``, the metrics also hold
+    ``schema_validity`` and the guided pass's ``guided_accuracy``, ``guided_json_validity``,
+    ``guided_schema_validity`` and ``guided_latency_ms_mean`` (evaluation/guided.py)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     spec: dict[str, Any] = {
@@ -53,6 +59,8 @@ def run_evaluation(
         "provider": provider,
         "golden": golden,
         "warmup": warmup,
+        "guided": guided,
+        "output_schema": output_schema,
     }
     spec_path, result_path, progress_path = out_dir / "spec.json", out_dir / "result.json", out_dir / "progress.json"
     spec_path.write_text(json.dumps(spec, indent=2))

@@ -4,6 +4,11 @@ Runs one onnxruntime-genai model over a test set (greedy decoding, one request a
 device serves it) and writes accuracy, JSON validity, latency, time to first token, tokens/s, the
 process's peak resident memory and the model footprint. A fresh process per model keeps peak RSS per
 model. Writes ``progress.json`` next to RESULT as it goes.
+
+With an output schema (the spec's ``output_schema``, else the task's own; ``guided: false`` turns it off) it
+also reports how many answers are valid against it (``schema_validity``) and runs the test set a second time
+with decoding guided by the schema, as an agent with ``enforce_schema`` serves it: ``guided_accuracy``,
+``guided_json_validity``, ``guided_schema_validity`` and ``guided_latency_ms_mean`` (see guided.py).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from controller.factory.evaluation.footprint import model_footprint
+from controller.factory.evaluation.guided import guided_metrics, schema_for
 from controller.factory.evaluation.scoring import load_scorer
 from shared.genai_seed import GREEDY_SEED
 
@@ -82,7 +88,9 @@ class Generator:
             self.adapter_name = self.adapter_path.stem
             self.adapters.load(str(self.adapter_path), self.adapter_name)
 
-    def generate(self, messages: list[dict[str, str]], max_new_tokens: int) -> dict[str, Any]:
+    def generate(
+        self, messages: list[dict[str, str]], max_new_tokens: int, guidance: tuple[str, str] | None = None
+    ) -> dict[str, Any]:
         og = self.og
         start = time.perf_counter()
         prompt = self.tokenizer.apply_chat_template(json.dumps(messages), add_generation_prompt=True)
@@ -91,6 +99,8 @@ class Generator:
         params.set_search_options(
             max_length=len(ids) + max_new_tokens, do_sample=False, batch_size=1, random_seed=GREEDY_SEED
         )
+        if guidance is not None:
+            params.set_guidance(*guidance)
         gen = og.Generator(self.model, params)
         if self.adapters is not None:
             gen.set_active_adapter(self.adapters, self.adapter_name)
@@ -160,6 +170,12 @@ def evaluate(spec: dict[str, Any], progress_path: Path | None = None) -> dict[st
         "threads": float(spec.get("threads", 0)),
     }
     metrics.update(model_footprint(model_dir, context).as_metrics())
+    schema = schema_for(spec)
+    if schema is not None:
+        try:
+            metrics.update(guided_metrics(gen, examples, rows, schema, score, max_new))
+        except Exception as exc:  # e.g. a tokenizer LLGuidance cannot map: the unguided figures still stand
+            log.warning("guided evaluation of %s failed (%s); reporting unguided figures only", model_dir, exc)
     if gen.adapter_path is not None:
         extra = float(gen.adapter_path.stat().st_size)
         metrics.update(

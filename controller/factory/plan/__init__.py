@@ -23,6 +23,7 @@ from pathlib import Path
 from controller.factory.cache import Fingerprints
 from controller.factory.pipeline import PipelineStep
 from controller.factory.plan import model as _model  # noqa: F401  (registers its phases)
+from controller.factory.plan import search as _search  # noqa: F401  (registers its phase)
 from controller.factory.plan import variants as _variants  # noqa: F401  (registers its phases)
 from controller.factory.plan.describe import ROW_HEADERS, Plan, PlannedStep, describe, plan_hash
 from controller.factory.plan.phases import PlanContext, run_phases

@@ -9,6 +9,7 @@ from typing import Any
 
 from controller.factory.plan.phases import PlanContext, phase
 from controller.factory.plan.planner import Binding, Given
+from controller.factory.plan.search import search_binding
 from controller.factory.recipe import Recipe, TeacherSection
 
 DATA_SPLITS = {"train": "train", "validation": "validation", "test": "test"}
@@ -48,6 +49,8 @@ def answer_config(teacher: TeacherSection, recipe: Recipe, prompts_temperature: 
     }
     if teacher.system_prompt is not None:
         cfg["system_prompt"] = teacher.system_prompt
+    if teacher.min_accuracy is not None:
+        cfg["min_teacher_accuracy"] = teacher.min_accuracy
     return cfg
 
 
@@ -132,6 +135,7 @@ def plan_student(ctx: PlanContext) -> None:
     inputs: dict[str, Binding] = {"data": "student-data", **validation_input(ctx)}
     if planner.has("teacher"):
         inputs["teacher"] = "teacher"  # tokenizer for an initialised student, logit KD, parameter count
+    inputs.update(search_binding(ctx, "student"))
     planner.add("train-student", "train-student", student, inputs, {"model": "model"})
 
 
@@ -144,7 +148,12 @@ def plan_finetune(ctx: PlanContext) -> None:
     provides = {"model": "model"}
     if finetune.get("merge", True) is False:
         provides.update(adapter="adapter", base="base")
-    inputs: dict[str, Binding] = {"model": "model", "data": "train", **validation_input(ctx)}
+    inputs: dict[str, Binding] = {
+        "model": "model",
+        "data": "train",
+        **validation_input(ctx),
+        **search_binding(ctx, "finetune"),
+    }
     ctx.planner.add("finetune", "finetune", dict(finetune), inputs, provides)
 
 

@@ -6,11 +6,13 @@ steps from the planner by artifact name (never by step id). ``*``: once per prof
     teacher               task-data@V merge-data@teacher (teacher_variants),  teacher
                           train-teacher (teacher.train)
     distill               distill-data (a teacher)                            student-data
+    search                search (search:)                                    search-config
     student               train-student (unless student.train: false)         model
     finetune              finetune (finetune)                                 model (adapter base)
     reference             convert, convert@teacher (evaluation.teacher)       reference teacher-reference
     holdout               label-holdout (evaluation.holdout and a teacher)    holdout
     variant*              quantize@P, or export-adapter@P (merge: false)      variant
+    drift-reference*      signal-reference@P (evaluation.drift_reference)     variant (with its drift reference)
     evaluate*             evaluate@P                                          evaluation golden
     holdout-evaluate*     evaluate-holdout@P (a hold-out set)                 holdout-evaluation
     parent*               parent@P, evaluate-parent@P (and a parent version)  parent parent-evaluation

@@ -11,6 +11,8 @@ from typing import Any
 from controller.factory.plan.model import evaluate_teacher
 from controller.factory.plan.phases import PlanContext, phase
 from controller.factory.plan.planner import Binding
+from controller.factory.plan.search import ARTIFACT as SEARCH_CONFIG
+from controller.factory.plan.search import search_binding
 
 VARIANT_FACTS = ("profile", "precision", "execution_provider", "runtime")
 # publish's per-variant hold-out inputs -> the per-profile artifacts that feed them (when planned)
@@ -80,12 +82,35 @@ def plan_variant(ctx: PlanContext) -> None:
         )
     else:
         cfg = {**build, "olive_workflow": workflow}
-        sid = planner.add(
-            f"quantize@{prof.name}", "quantize", cfg, {"model": "model", "reference": "reference"}, {"model": "variant"}
-        )
+        inputs: dict[str, Binding] = {"model": "model", "reference": "reference", **search_binding(ctx, "quantize")}
+        sid = planner.add(f"quantize@{prof.name}", "quantize", cfg, inputs, {"model": "variant"})
     # what publish records for the variant: read from the step that builds it (its runtime included)
     built = planner.step(sid).config
     ctx.variants[prof.name] = {k: built[k] for k in VARIANT_FACTS}
+
+
+@phase("drift-reference", order=85, per_profile=True)
+def plan_drift_reference(ctx: PlanContext) -> None:
+    """The variant's drift reference (``signal-reference``): its signals on the validation split and a sketch of
+    the training prompts' words, added to the variant folder so the signed manifest covers them. Skipped when the
+    recipe turns it off or places the stage itself, for runtime adapters (the base model alone is not what
+    devices serve), and without a validation split."""
+    recipe, planner = ctx.recipe, ctx.planner
+    placed = any(st.stage == "signal-reference" for st in recipe.stages)
+    if not recipe.evaluation.drift_reference or placed or _runtime_adapter(ctx) or not planner.has("validation"):
+        return
+    cfg = {
+        "task": recipe.data.task,
+        "max_new_tokens": recipe.evaluation.max_new_tokens,
+        "execution_provider": ctx.profile.execution_provider,
+    }
+    planner.add(
+        f"signal-reference@{ctx.profile.name}",
+        "signal-reference",
+        cfg,
+        {"variant": "variant", "validation": "validation", "prompts": "prompts"},
+        {"variant": "variant"},
+    )
 
 
 @phase("evaluate", order=90, per_profile=True)
@@ -192,6 +217,8 @@ def plan_publish(ctx: PlanContext) -> None:
             if planner.has(f"{artifact}@{name}"):
                 inputs[f"variants[{i}].{port}"] = f"{artifact}@{name}"
     inputs["lineage_hashes.data_hash"] = "student-data"  # the student's training data, hashed at publish time
+    if planner.has(SEARCH_CONFIG):
+        inputs["search"] = SEARCH_CONFIG  # the best configuration and the trial summary go in the lineage
     planner.add("publish", "publish", {"name": recipe.name, "variants": variants, "lineage": lineage}, inputs)
 
 

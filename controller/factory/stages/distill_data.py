@@ -2,7 +2,10 @@
 
 The teacher is a local Hugging Face folder (``teacher: <path or earlier output>``) or an OpenAI-compatible
 endpoint (``endpoint: {base_url, model, api_key_env}``). Output ``dataset``: prompt turns + the teacher's
-answers. With ``task`` set, the teacher's agreement with the prompts' original responses is reported.
+answers. Where the prompts carry responses of their own (references), the teacher is scored against them
+(the task's scorer with ``task`` set, else exact match after trimming): ``teacher_reference_accuracy`` and
+``teacher_reference_n``. Below ``min_teacher_accuracy`` the stage warns (log, progress line and the metric
+``warnings``): a student cannot learn what its teacher gets wrong.
 """
 
 from __future__ import annotations
@@ -71,6 +74,8 @@ class DistillDataConfig(StageConfig):
     device: str = "auto"
     task: str = ""
     drop_empty: bool = True
+    # Warn when the teacher matches fewer of the prompts' references than this (0 never warns).
+    min_teacher_accuracy: float = Field(0.6, ge=0, le=1)
 
     @model_validator(mode="after")
     def _one_teacher(self) -> DistillDataConfig:
@@ -151,6 +156,10 @@ class DistillDataStage(Stage):
             assert config.teacher is not None
             folder = resolve_ref(ctx, config.teacher)
             check_model_ref(str(folder), f"{self.name}.teacher", "recipe")
+            if config.device != "cuda":
+                from controller.factory.training.threads import configure_threads
+
+                ctx.progress(Progress(self.name, 0, 0, message=configure_threads(0, ctx.extras).describe()))
             local = LocalTeacher(folder, config.batch_size, config.device)
             answers = local.answer(asked, config.temperature, config.max_new_tokens, on_progress, ctx.is_cancelled)
             metrics.update(teacher=str(folder))
@@ -165,12 +174,7 @@ class DistillDataStage(Stage):
             out.append(Example(ex.messages, answer.strip(), extra))
         if not out:
             raise SlmopsError(f"stage '{self.name}': the teacher gave no usable answer to {total} prompts")
-        if config.task:
-            refs = [(a, ex.response) for ex, a in zip(examples, answers, strict=True) if ex.response is not None]
-            if refs:
-                scores = get_task(config.task).score_many([a for a, _ in refs], [r for _, r in refs])
-                metrics["teacher_exact_match"] = scores["exact_match"]
-                metrics["teacher_valid_json"] = scores["valid_json"]
+        metrics.update(self._teacher_quality(config, ctx, examples, answers, prompts_path.name))
         dataset = write_jsonl(ctx.work_dir / "distilled.jsonl", out)
         metrics.update(
             examples=len(out),
@@ -180,3 +184,40 @@ class DistillDataStage(Stage):
         )
         log.info("distill-data: %d answers in %.1f s -> %s", len(out), metrics["seconds"], dataset)
         return StageResult(outputs={"dataset": dataset}, metrics=metrics)
+
+    def _teacher_quality(
+        self, config: DistillDataConfig, ctx: StageContext, examples: list[Example], answers: list[str], source: str
+    ) -> dict[str, Any]:
+        """Teacher accuracy against the references; a warning (log, progress, metrics) when it is weak."""
+        figures = teacher_vs_references(config.task, examples, answers)
+        if not figures:
+            return {}
+        accuracy, n = figures["teacher_reference_accuracy"], figures["teacher_reference_n"]
+        log.info("distill-data: the teacher matches %.1f%% of %d references in %s", accuracy * 100, n, source)
+        if accuracy < config.min_teacher_accuracy:
+            warning = (
+                f"the teacher matches only {accuracy:.1%} of {n} reference answers in {source} (below "
+                f"the recipe's teacher.min_accuracy {config.min_teacher_accuracy:.0%}): the student learns the "
+                "teacher's mistakes too; train the teacher longer or use a stronger one"
+            )
+            log.warning("distill-data: %s", warning)
+            ctx.progress(Progress(self.name, 0, 0, message=f"warning: {warning}"))
+            figures["warnings"] = [warning]
+        return figures
+
+
+def teacher_vs_references(task: str, examples: list[Example], answers: list[str]) -> dict[str, Any]:
+    """The teacher's accuracy on the prompts that carry a reference answer ({} when none does)."""
+    from controller.factory.evaluation.scoring import load_scorer
+
+    refs = [(a, ex.response) for ex, a in zip(examples, answers, strict=True) if ex.response is not None]
+    if not refs:
+        return {}
+    score = load_scorer(task)
+    results = [score(a, r) for a, r in refs]
+    accuracy = sum(bool(r["exact"]) for r in results) / len(results)
+    out: dict[str, Any] = {"teacher_reference_accuracy": accuracy, "teacher_reference_n": len(results)}
+    if task:  # the names the bundled task's figures always had
+        out["teacher_exact_match"] = accuracy
+        out["teacher_valid_json"] = sum(bool(r["valid_json"]) for r in results) / len(results)
+    return out

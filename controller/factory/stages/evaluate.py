@@ -3,6 +3,12 @@
 Roles: ``variant`` (a profile's deployed build), ``reference`` (the pre-quantization student, fp32) and
 ``teacher`` (the teacher built at fp32), and ``holdout`` (a variant, or the parent version's, on held-out
 production prompts). All are measured the same way so the report can compare them.
+
+Hold-out rows say what they measure. When a teacher labelled the hold-out set (step ``label-holdout``), the
+answers the model is compared with are the teacher's: that figure is *teacher agreement*. When the hold-out
+file had answers of its own (kept by ``distill-data`` as each row's ``reference``), the model is also scored
+against them (*accuracy vs references*); with every row answered that figure is the row's ``accuracy``
+(``teacher_agreement`` and ``reference_accuracy`` are recorded beside it) and the label says so.
 A variant whose execution provider this machine lacks (e.g. CUDA here) is recorded as skipped.
 """
 
@@ -142,6 +148,10 @@ class EvaluateStage(Stage):
             stage=self.name,
         )
         result = {**info, **res.metrics}
+        if config.role == "holdout":
+            labelled = "distill-data" in ctx.upstream_metrics  # the teacher answered the hold-out (label-holdout)
+            result.update(holdout_figures(res, resolve_input(ctx, config.data), config.task, labelled, label))
+            log.info("%s", result["label"])
         metrics_path.write_text(json.dumps(result, indent=2))
         golden_path = ctx.work_dir / "golden.json"
         golden_path.write_text(json.dumps(res.golden, indent=2))
@@ -149,3 +159,47 @@ class EvaluateStage(Stage):
         if res.predictions_path:
             outputs["predictions"] = res.predictions_path
         return StageResult(outputs=outputs, metrics=result)
+
+
+def _references(data_path: Any) -> list[str | None]:
+    from controller.factory.tasks.datasets import read_jsonl
+
+    return [
+        ref if isinstance(ref := ex.extra.get("reference"), str) else None
+        for ex in read_jsonl(data_path, require_response=True)
+    ]
+
+
+def holdout_figures(res: Any, data_path: Any, task: str, labelled: bool, label: str) -> dict[str, Any]:
+    """Accuracy vs the hold-out file's own answers and agreement with the teacher, each named for what it is."""
+    from controller.factory.evaluation.scoring import load_scorer
+
+    if not labelled:  # the file's own answers: accuracy is accuracy
+        n = int(res.metrics.get("n", 0))
+        return {
+            "measures": "accuracy_vs_references",
+            "reference_accuracy": res.metrics["accuracy"],
+            "reference_n": n,
+            "label": f"{label}: accuracy vs references",
+        }
+    predictions = [json.loads(line) for line in res.predictions_path.read_text().splitlines() if line.strip()]
+    refs = _references(data_path)[: len(predictions)]
+    agreement = float(res.metrics["accuracy"])
+    scored = [(p["prediction"], r) for p, r in zip(predictions, refs, strict=False) if r is not None]
+    if not scored:
+        return {"measures": "teacher_agreement", "teacher_agreement": agreement, "label": f"{label}: teacher agreement"}
+    score = load_scorer(task)
+    accuracy = sum(bool(score(p, r)["exact"]) for p, r in scored) / len(scored)
+    out: dict[str, Any] = {"teacher_agreement": agreement, "reference_accuracy": accuracy, "reference_n": len(scored)}
+    if len(scored) == len(predictions):  # every row has its own answer: the row reports true accuracy
+        out.update(
+            measures="accuracy_vs_references",
+            accuracy=accuracy,
+            label=f"{label}: accuracy vs references (teacher agreement {agreement:.1%})",
+        )
+    else:
+        out.update(
+            measures="teacher_agreement",
+            label=f"{label}: teacher agreement ({accuracy:.1%} vs references on {len(scored)} of {len(predictions)})",
+        )
+    return out

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from controller.factory.modeling import count_parameters
+from controller.factory.search.best import PORT_DOC, apply_search
 from controller.factory.stage import (
     Port,
     Resources,
@@ -55,6 +56,8 @@ class FinetuneConfig(TrainParams):
     task: str = ""
     test: str | None = None
     test_limit: int = 200
+    # A search step's best_config.json: its values override the ones above (left out of the cache key if unset).
+    search: str | None = Field(None, exclude_if=lambda v: v is None)
 
     @model_validator(mode="after")
     def _check(self) -> FinetuneConfig:
@@ -75,6 +78,7 @@ class FinetuneStage(Stage):
         Port("data", "dataset"),
         Port("validation", "dataset", optional=True),
         Port("test", "dataset", optional=True),
+        Port("search", "any", optional=True, doc=PORT_DOC),
     )
     outputs = (
         Port("model", "hf-model", doc="the fine-tuned model (adapter merged in)"),
@@ -104,6 +108,7 @@ class FinetuneStage(Stage):
 
     def run(self, config: StageConfig, ctx: StageContext) -> StageResult:
         assert isinstance(config, FinetuneConfig)
+        config, searched = apply_search(config, "finetune", ctx, self.name)
         base_dir = resolve_ref(ctx, config.model)
         check_model_ref(str(base_dir), f"{self.name}.model", "recipe")
         if config.engine == "olive":
@@ -128,6 +133,8 @@ class FinetuneStage(Stage):
                 outputs["base"] = copy_tree_linked(base_dir, ctx.work_dir / "base")
             metrics["adapter_bytes"] = sum(p.stat().st_size for p in adapter_dir.rglob("*.safetensors"))
         metrics.update(method=config.method, parameters=count_parameters(outputs["model"]))
+        if searched:
+            metrics["searched"] = searched
         if config.task and config.test:
             merged, merged_tok = load_model(outputs["model"])
             metrics.update(

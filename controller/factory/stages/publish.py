@@ -14,6 +14,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from controller.drift.baseline import store_references
+from controller.factory.search.best import PORT_DOC, lineage_entry, read_best_config
 from controller.factory.stage import (
     Port,
     Progress,
@@ -56,6 +58,8 @@ class PublishConfig(StageConfig):
     lineage: dict[str, Any] = Field(default_factory=dict)
     # Lineage entries computed from earlier outputs' content: {"data_hash": "distill-data.train"}.
     lineage_hashes: dict[str, str] = Field(default_factory=dict)
+    # A search step's best_config.json: the best configuration and the trial table go in the lineage.
+    search: str | None = Field(None, exclude_if=lambda v: v is None)
 
 
 def _read_json(path: Path) -> Any:
@@ -75,6 +79,7 @@ class PublishStage(Stage):
         Port("variants[].holdout_evaluation", "metrics", optional=True),
         Port("variants[].parent_holdout_evaluation", "metrics", optional=True),
         Port("lineage_hashes.*", "any", optional=True),
+        Port("search", "any", optional=True, doc=PORT_DOC),
     )
     outputs = (Port("published", "published"),)
     resources = Resources(num_cpus=1, memory_mb=1024)
@@ -119,8 +124,13 @@ class PublishStage(Stage):
         for key, ref in config.lineage_hashes.items():
             path = resolve_input(ctx, ref)
             lineage[key] = fp.path(path) if fp is not None else _sha(path)
+        if config.search:
+            summary = ctx.upstream_metrics.get("search")
+            lineage["search"] = lineage_entry(read_best_config(resolve_input(ctx, config.search)), summary)
         ctx.check_cancelled()
         version = registry.publish(config.name, specs, lineage, str(ctx.extras.get("job_id", "")))
+        # the drift reference a variant ships (signal-reference stage) is the version's baseline from the start
+        store_references(registry.store, config.name, version, {spec.profile: spec.folder for spec in specs})
         out = ctx.work_dir / "published.json"
         out.write_text(json.dumps({"name": config.name, "version": version}))
         ctx.progress(Progress(self.name, 1, 1, message=f"published {config.name}:{version}"))

@@ -24,6 +24,7 @@ from pydantic import Field
 
 from controller.factory.builder import build_og_model, check_og_folder, check_runtime_target, folder_size
 from controller.factory.olive import run_olive_workflow
+from controller.factory.search.best import PORT_DOC, apply_search
 from controller.factory.stage import (
     Port,
     Progress,
@@ -55,6 +56,8 @@ class QuantizeConfig(StageConfig):
     model: str = "model"
     reference: str = "convert.model"
     timeout_s: int = Field(0, ge=0)
+    # A search step's best_config.json (its int4_block_size wins; left out of the cache key if unset).
+    search: str | None = Field(None, exclude_if=lambda v: v is None)
 
 
 @register_stage
@@ -65,6 +68,7 @@ class QuantizeStage(Stage):
     inputs = (
         Port("model", "hf-model", doc="the trained Hugging Face folder the builder quantizes"),
         Port("reference", "onnx-model", optional=True, doc="the fp32 build (reused as is, or Olive's input)"),
+        Port("search", "any", optional=True, doc=PORT_DOC),
     )
     outputs = (Port("model", "onnx-model"),)
     resources = Resources(num_cpus=1, memory_mb=4096)
@@ -85,6 +89,7 @@ class QuantizeStage(Stage):
 
     def run(self, config: StageConfig, ctx: StageContext) -> StageResult:
         assert isinstance(config, QuantizeConfig)
+        config, searched = apply_search(config, "quantize", ctx, self.name)
         label = f"{config.profile}: {config.precision}/{config.execution_provider}"
         ctx.progress(Progress(self.name, 0, 1, message=label))
         out = ctx.work_dir / "model"
@@ -130,6 +135,7 @@ class QuantizeStage(Stage):
                 "execution_provider": config.execution_provider,
                 "runtime": config.runtime,
                 "build_path": path,
+                **({"searched": searched} if searched else {}),
             },
         )
 

@@ -16,6 +16,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from controller.factory.modeling import ModelSpec, count_parameters
+from controller.factory.search.best import PORT_DOC, apply_search
 from controller.factory.stage import (
     Port,
     Resources,
@@ -56,6 +57,8 @@ class TrainStudentConfig(TrainParams):
     task: str = ""
     test: str | None = None
     test_limit: int = 200
+    # A search step's best_config.json: its values override the ones above (left out of the cache key if unset).
+    search: str | None = Field(None, exclude_if=lambda v: v is None)
 
     @model_validator(mode="after")
     def _check_student(self) -> TrainStudentConfig:
@@ -86,6 +89,7 @@ class TrainStudentStage(Stage):
         Port("model", "hf-model", optional=True, doc="a model to train further (instead of init)"),
         Port("tokenizer", "hf-model", optional=True),
         Port("teacher", "hf-model", optional=True, doc="tokenizer source, logit KD, parameter count"),
+        Port("search", "any", optional=True, doc=PORT_DOC),
     )
     outputs = (Port("model", "hf-model"),)
     resources = Resources(num_cpus=2, memory_mb=4096)
@@ -107,6 +111,7 @@ class TrainStudentStage(Stage):
 
     def run(self, config: StageConfig, ctx: StageContext) -> StageResult:
         assert isinstance(config, TrainStudentConfig)
+        config, searched = apply_search(config, "student", ctx, self.name)
         train = load_split(ctx, config.data)
         val = load_split(ctx, config.validation)
         teacher_dir = resolve_ref(ctx, config.teacher) if config.teacher else None
@@ -152,6 +157,8 @@ class TrainStudentStage(Stage):
             "method": config.method,
             **report.metrics(),
         }
+        if searched:
+            metrics["searched"] = searched
         if teacher_dir is not None:
             metrics["teacher_parameters"] = count_parameters(teacher_dir)
         if config.task and config.test:

@@ -26,6 +26,10 @@ class Task(ABC):
     def score(self, prediction: str, reference: str) -> dict[str, bool]:
         """``{"exact": bool, "valid_json": bool}`` for one answer."""
 
+    def output_schema(self) -> dict[str, Any] | None:
+        """The JSON schema every answer of this task follows (guided decoding, issue #16); None if free text."""
+        return None
+
     def score_many(self, predictions: Iterable[str], references: Iterable[str]) -> dict[str, Any]:
         """Aggregate scores: ``{"n", "exact_match", "valid_json"}`` (fractions 0..1)."""
         preds, refs = list(predictions), list(references)

@@ -80,6 +80,42 @@ def _sample(rng: random.Random, vocab: Vocab) -> dict[str, str]:
     return {"prompt": prompt, "response": canonical_json({"intent": intent, "slots": slots})}
 
 
+_SLOT_SCHEMAS: dict[str, dict[str, Any]] = {
+    "room": {"type": "string", "minLength": 1, "maxLength": 40},
+    "device": {"type": "string", "minLength": 1, "maxLength": 40},
+    "level": {"type": "integer", "minimum": 0, "maximum": 100},
+    "value": {"type": "number", "minimum": 10, "maximum": 35},
+    "floor": {"type": "integer", "minimum": 0, "maximum": 200},
+    "time": {"type": "string", "pattern": "^([01][0-9]|2[0-3]):[0-5][0-9]$"},
+}
+
+
+def output_schema() -> dict[str, Any]:
+    """The task's answer schema: ``{"intent": <one of the intents>, "slots": {...that intent's slots}}``."""
+    branches = []
+    for intent, slots in sorted(INTENT_SLOTS.items()):
+        names = [*slots, "time"] if intent in TIMED_INTENTS else list(slots)
+        branches.append(
+            {
+                "type": "object",
+                "properties": {
+                    "intent": {"const": intent},
+                    "slots": {
+                        "type": "object",
+                        # Sorted like canonical_json writes the answers the students learn: guided decoding emits
+                        # properties in this order, and another order would force unfamiliar answers.
+                        "properties": {name: _SLOT_SCHEMAS[name] for name in sorted(names)},
+                        "required": list(slots),
+                        "additionalProperties": False,
+                    },
+                },
+                "required": ["intent", "slots"],
+                "additionalProperties": False,
+            }
+        )
+    return {"title": "smart-building command", "anyOf": branches}
+
+
 def parse_command(text: str) -> dict[str, Any] | None:
     """The JSON object in ``text`` (surrounding whitespace allowed), or None when it is not one."""
     try:
@@ -112,6 +148,10 @@ class SmartBuildingTask(Task):
             seen.add(rec["prompt"])
             records.append(rec)
         return records
+
+    def output_schema(self) -> dict[str, Any]:
+        """One branch per intent: its intent name, exactly its slots (and the optional time), bounded values."""
+        return output_schema()
 
     def score(self, prediction: str, reference: str) -> dict[str, bool]:
         pred = parse_command(prediction)

@@ -108,8 +108,13 @@ def test_an_expired_url_is_refreshed_once(controller: ControllerServer, agent: A
     ref = controller.app.blobs.put_bytes(data)
     tokens = controller.app.extras["artifact_urls"].tokens
     fetch = http_fetch(agent)
-    fetch.url(ref.sha256)  # cached, valid for 15 minutes by the agent's clock
+    asked: list[list[str]] = []
+    real_urls = fetch.urls
+    fetch.urls = lambda shas: asked.append(list(shas)) or real_urls(shas)  # type: ignore[method-assign]
+    first = fetch.url(ref.sha256)  # cached, valid for 15 minutes by the agent's clock
     tokens.clock = lambda: time.time() + 3600  # the controller's clock says it has expired
     entry = FileEntry(path="weights", sha256=ref.sha256, size=len(data))
     result = download_file(fetch, entry, tmp_path / "dl", retry=RetryPolicy(max_attempts=1))
     assert result.retries == 0 and result.path.read_bytes() == data
+    assert asked == [[ref.sha256], [ref.sha256]]  # the first URL, then exactly one refresh after the 403
+    assert fetch.url(ref.sha256) != first  # the refreshed URL is cached for the next request

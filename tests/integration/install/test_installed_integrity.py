@@ -21,6 +21,7 @@ import pytest
 from sqlmodel import select
 
 from agent.daemon import Agent
+from agent.install import integrity
 from agent.install.integrity import AT_START, IN_SCRUB, IntegrityGuard
 from agent.install.states import Event, State
 from agent.services import AgentServices
@@ -340,3 +341,24 @@ def test_scrub_deletes_damaged_files_of_the_previous_version_only(make_agent, pu
     assert events == [] and len(machine.transitions) == reported  # v2 serves on, undisturbed
     with pytest.raises(FailedPrecondition, match="no previous model version"):
         machine.rollback_to_previous()  # v1 is no longer complete: the controller's rollback downloads it
+
+
+def test_a_scrub_hashes_the_previous_version_once(make_agent, publisher, agent_dir, monkeypatch):
+    """The scrub's verification of the previous version is the one that decides whether it serves meanwhile."""
+    events: list[str] = []
+    machine = fake_machine(make_agent, events)
+    install_fake(machine, publisher, "v1")
+    install_fake(machine, publisher, "v2")
+    flip_8k(agent_dir / "models" / "m" / "v2" / WEIGHTS)  # the current version rotted; v1 is intact
+    events.clear()
+    hashed: list[str] = []
+    real = integrity.sha256_file
+    monkeypatch.setattr(integrity, "sha256_file", lambda path, cancel=None: hashed.append(str(path)) or real(path))
+
+    result = IntegrityGuard(machine).check(IN_SCRUB)
+
+    assert result is not None and [d.path for d in result.damaged] == [WEIGHTS]
+    v1_weights = str(agent_dir / "models" / "m" / "v1" / WEIGHTS)
+    assert hashed.count(v1_weights) == 1, hashed
+    assert events[0] == "activate v1"  # the scrubbed previous version serves while v2 is repaired
+    assert machine.current_version() == ("m", "v2")

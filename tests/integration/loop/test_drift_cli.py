@@ -52,6 +52,8 @@ def test_drift_events_over_admin_api_and_cli(controller, capsys: pytest.CaptureF
     assert "drift-new" in out and "drift-old" in out and "cpu-int4" in out
     assert main(["drift", "show", "drift-old", *flags]) == 0
     out = capsys.readouterr().out
-    assert "prompt_length" in out and "p_value" in out
+    assert "prompt_length" in out and "audited accuracy: not audited" in out and "p_value" not in out
+    assert main(["drift", "show", "drift-old", "--json", *flags]) == 0
+    assert "p_value" in capsys.readouterr().out
     assert main(["drift", "show", "drift-missing", *flags]) != 0
     assert "drift-missing" in capsys.readouterr().err

@@ -199,3 +199,11 @@ def test_cli_errors_name_the_flag(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["agent", "run", "--read-timeout", "0", "--print-config"]) == 2
     err = capsys.readouterr().err
     assert "--read-timeout" in err and "read_timeout_s" in err and "must be > 0" in err
+
+
+def test_agent_batching_is_one_of_the_runtime_modes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLMOPS_AGENT_BATCHING", "engine")
+    assert AgentSettings.load().batching == "engine"
+    monkeypatch.setenv("SLMOPS_AGENT_BATCHING", "always")
+    with pytest.raises(ConfigError, match="batching"):
+        AgentSettings.load()

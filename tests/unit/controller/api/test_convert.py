@@ -12,10 +12,12 @@ from controller.api.convert import (
     hardware_to_pb,
     install_state_name,
     install_state_value,
+    profile_to_pb,
 )
 from controller.store.tables import Device
 from shared.errors import InvalidArgument
 from shared.pb import common_pb2
+from shared.profiles import DeviceProfile
 
 HARDWARE = {
     "hostname": "edge-1",
@@ -87,3 +89,13 @@ def test_device_to_pb() -> None:
     device.secret_hash = "abc"
     online = device_to_pb(device, online=True)
     assert online.status == common_pb2.DEVICE_STATUS_ONLINE and not online.awaiting_enrollment
+
+
+def test_profile_carries_its_task_schema_to_agents() -> None:
+    schema = {"type": "object", "properties": {"intent": {"type": "string"}}, "required": ["intent"]}
+    pb = profile_to_pb(DeviceProfile(name="p", precision="int4", output_schema=schema, enforce_schema=True))
+    assert json.loads(pb.output_schema_json) == schema
+    assert pb.enforce_schema is True
+    plain = profile_to_pb(DeviceProfile(name="q", precision="int4"))
+    assert plain.output_schema_json == ""
+    assert plain.enforce_schema is False

@@ -24,7 +24,7 @@ def first_alarm(det, xs) -> int | None:  # type: ignore[no-untyped-def]
 
 
 def test_registry_lists_builtin_detectors_and_refuses_unknown_names() -> None:
-    assert detector_names() == ["adwin", "ks", "page_hinkley", "psi", "wasserstein"]
+    assert detector_names() == ["adwin", "ks", "mean_shift", "page_hinkley", "psi", "wasserstein"]
     with pytest.raises(UnknownDetector, match="known: adwin, ks"):
         create_detector("cusum")
     with pytest.raises(ConfigError, match="page_hinkley"):

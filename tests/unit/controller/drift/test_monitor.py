@@ -56,7 +56,8 @@ def test_quality_drift_is_stored_with_evidence_and_retrains(store: Store) -> Non
         state = s.get(DetectorState, state_key("edge", "assistant", "1"))
     assert baseline is not None and baseline.source == "canary"
     learned = baseline_metrics(baseline)
-    assert {"latency_p95_ms", "format_validity", "prompt_nll", "prompt_len_hist"} <= set(learned)
+    assert {"latency_p95_ms", "format_validity", "prompt_len_hist"} <= set(learned)
+    assert "prompt_nll" not in learned  # retired: it carries no information
     assert learned["prompt_len_edges"] == EDGES
     assert state is not None and state.last_window_end == end
     # a second check with no new windows does nothing

@@ -34,6 +34,7 @@ from controller.drift.registry import (
 )
 from controller.drift.watch import TARGETS, Watch
 from shared.errors import ConfigError
+from shared.signals import SIGNAL_NAMES, SignalSummary, summarize
 from tests.unit.controller.drift.streams import EDGES, series
 
 T0 = 1_800_000_000.0
@@ -160,8 +161,29 @@ def distribution_inputs(rng: np.random.Generator) -> list[Any]:
     return [hist(rng, 20) for _ in range(40)] + [hist(rng, 32) for _ in range(20)]
 
 
-INPUTS = {InputType.SCALAR: scalar_inputs, InputType.DISTRIBUTION: distribution_inputs}
-REFERENCES = {InputType.SCALAR: {"mean": 0.0, "std": 1.0, "n": 20}, InputType.DISTRIBUTION: [100] * (len(EDGES) - 1)}
+def summary_inputs(rng: np.random.Generator) -> list[Any]:
+    out = []
+    for mean in [0.0] * 30 + [1.0] * 20:
+        xs = rng.normal(mean, 1.0, 25)
+        out.append({"n": 25, "sum": float(xs.sum()), "sum_sq": float((xs**2).sum())})
+    return out
+
+
+def window_signals(rng: np.random.Generator) -> dict[str, SignalSummary]:
+    """Every drift signal of a window of 50 requests."""
+    return summarize({name: rng.uniform(-0.5, 0.5, 50).tolist() for name in SIGNAL_NAMES})
+
+
+INPUTS = {
+    InputType.SCALAR: scalar_inputs,
+    InputType.DISTRIBUTION: distribution_inputs,
+    InputType.SUMMARY: summary_inputs,
+}
+REFERENCES = {
+    InputType.SCALAR: {"mean": 0.0, "std": 1.0, "n": 20},
+    InputType.DISTRIBUTION: [100] * (len(EDGES) - 1),
+    InputType.SUMMARY: {"mean": 0.0, "std": 1.0, "n": 200},
+}
 
 
 def targets_for(cls: type[Detector]) -> list[Target]:
@@ -189,8 +211,9 @@ def test_each_registered_detector_builds_from_validated_config(name: str) -> Non
 def test_each_registered_detector_is_used_by_the_watch_on_its_input(name: str) -> None:
     cls = detector_class(name)
     watch = Watch(DriftConfig.from_dict({**ALL_OFF, name: 1, "baseline_windows": 3, "input_min_count": 100}))
-    for w in series(np.random.default_rng(0), 8, T0):
-        watch.feed(w)
+    rng = np.random.default_rng(0)
+    for w in series(rng, 8, T0):
+        watch.feed(w, window_signals(rng))
     assert set(watch.detectors) == {f"{t.metric}:{name}" for t in targets_for(cls)}
 
 

@@ -192,9 +192,11 @@ def test_a_stage_registered_here_is_planned_where_the_recipe_asks() -> None:
     # after a per-profile phase: once per profile, in that profile's scope
     assert steps["test-sign@cpu-int4"].config["model"] == "quantize@cpu-int4.model"
     assert steps["test-sign@cpu-int4"].profile == "cpu-int4"
-    assert steps["evaluate@cpu-fp32"].config["model"] == "test-sign@cpu-fp32.model"
+    # the drift reference is measured on what the recipe's stage made, and evaluate/publish read that folder
+    assert steps["signal-reference@cpu-fp32"].config["variant"] == "test-sign@cpu-fp32.model"
+    assert steps["evaluate@cpu-fp32"].config["model"] == "signal-reference@cpu-fp32.variant"
     published = {v["profile"]: v for v in steps["publish"].config["variants"]}
-    assert published["cpu-int4"]["model"] == "test-sign@cpu-int4.model"
+    assert published["cpu-int4"]["model"] == "signal-reference@cpu-int4.variant"
     assert published["cpu-int4"]["precision"] == "int4"  # what the variant was built as
     plan = describe(list(steps.values()), "t")
     row = next(p for p in plan.steps if p.step.id == "test-sharpen")
@@ -250,6 +252,48 @@ _DEMO_EDGES = [
 BEFORE = {
     "demo.yaml": _DEMO_EDGES,
     "quick.yaml": _DEMO_EDGES,
+    "own-data.yaml": [  # a teacher trained on the recipe's own JSONL files (no task-data steps)
+        ("train-teacher", []),
+        ("distill-data", ["train-teacher"]),
+        ("train-student", ["distill-data", "train-teacher"]),
+        ("convert", ["train-student"]),
+        ("convert@teacher", ["train-teacher"]),
+        ("quantize@cpu-int4", ["convert", "train-student"]),
+        ("evaluate@cpu-int4", ["quantize@cpu-int4"]),
+        ("quantize@cpu-fp32", ["convert", "train-student"]),
+        ("evaluate@cpu-fp32", ["quantize@cpu-fp32"]),
+        ("evaluate@student-fp32", ["convert"]),
+        ("evaluate@teacher", ["convert@teacher"]),
+        _DEMO_EDGES[-1],  # publish: the same needs as the demo's
+    ],
+    "search.yaml": [
+        ("task-data", []),
+        ("task-data@shifted", []),
+        ("merge-data@teacher", ["task-data", "task-data@shifted"]),
+        ("train-teacher", ["merge-data@teacher", "task-data"]),
+        ("distill-data", ["task-data", "train-teacher"]),
+        ("search", ["distill-data", "task-data", "train-teacher"]),
+        ("train-student", ["distill-data", "search", "task-data", "train-teacher"]),
+        ("convert", ["train-student"]),
+        ("convert@teacher", ["train-teacher"]),
+        ("quantize@cpu-int4", ["convert", "search", "train-student"]),
+        ("evaluate@cpu-int4", ["quantize@cpu-int4", "task-data"]),
+        ("quantize@cpu-fp32", ["convert", "train-student"]),
+        ("evaluate@cpu-fp32", ["quantize@cpu-fp32", "task-data"]),
+        ("evaluate@student-fp32", ["convert", "task-data"]),
+        ("evaluate@teacher", ["convert@teacher", "task-data"]),
+        (
+            "publish",
+            [
+                "distill-data",
+                "evaluate@cpu-fp32",
+                "evaluate@cpu-int4",
+                "quantize@cpu-fp32",
+                "quantize@cpu-int4",
+                "search",
+            ],
+        ),
+    ],
     "endpoint-teacher.yaml": [
         ("distill-data", []),
         ("train-student", ["distill-data"]),
@@ -267,13 +311,29 @@ BEFORE = {
 }
 
 
+def _with_drift_reference(edges: list[tuple[str, list[str]]]) -> list[tuple[str, list[str]]]:
+    """The edges with the drift-reference phase (issue #17): ``signal-reference@P`` right after each variant
+    step, reading it and the validation/prompts splits (task-data's, when it makes them); evaluate@P and
+    publish read the variant through it."""
+    data = ["task-data"] if any(step == "task-data" for step, _ in edges) else []
+    out: list[tuple[str, list[str]]] = []
+    for step, needs in edges:
+        renamed = sorted({f"signal-reference@{n.split('@')[1]}" if n.startswith("quantize@") else n for n in needs})
+        out.append((step, renamed if step.startswith("evaluate@") or step == "publish" else needs))
+        if step.startswith("quantize@"):
+            out.append((f"signal-reference@{step.split('@')[1]}", sorted([step, *data])))
+    return out
+
+
 @pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "examples" / "recipes").glob("*.yaml")))
 def test_example_plans_are_stable_and_as_before(name: str) -> None:
     recipe = load_recipe_file(ROOT / "examples" / "recipes" / name)
     first = expand_recipe(recipe, PROFILES, job_id="j1")
     second = expand_recipe(load_recipe_file(ROOT / "examples" / "recipes" / name), PROFILES, job_id="j1")
     assert plan_hash(first) == plan_hash(second)
-    assert [(s.id, sorted(s.needs)) for s in first] == BEFORE[name]
+    assert [(s.id, sorted(s.needs)) for s in first] == _with_drift_reference(BEFORE[name])
+    off = apply_overrides(recipe, {"evaluation": {"drift_reference": False}})
+    assert [(s.id, sorted(s.needs)) for s in expand_recipe(off, PROFILES, job_id="j1")] == BEFORE[name]
     keys = [p.key for p in plan_recipe(recipe, PROFILES, job_id="j1").steps]
     assert keys == [p.key for p in plan_recipe(recipe, PROFILES, job_id="j2").steps]  # the job id is not in them
     assert all(len(k) == 32 for k in keys[:-1]) and keys[-1] == ""  # publish is never cached
@@ -284,7 +344,8 @@ def test_changing_one_profile_changes_only_its_cache_keys() -> None:
     before = {p.step.id: p.key for p in plan_recipe(recipe, PROFILES).steps}
     changed = apply_overrides(recipe, {"profiles": {"cpu-int4": {"int4_block_size": 64}}})
     after = {p.step.id: p.key for p in plan_recipe(changed, PROFILES).steps}
-    assert sorted(i for i in before if before[i] != after[i]) == ["evaluate@cpu-int4", "quantize@cpu-int4"]
+    changed_ids = sorted(i for i in before if before[i] != after[i])
+    assert changed_ids == ["evaluate@cpu-int4", "quantize@cpu-int4", "signal-reference@cpu-int4"]
 
 
 def test_steps_reading_a_never_cached_step_are_keyed_at_run_time(tmp_path: Path) -> None:

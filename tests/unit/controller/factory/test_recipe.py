@@ -221,7 +221,7 @@ def test_teacher_variants_and_holdout_against_the_parent(tmp_path: Path) -> None
     for profile in ("cpu-int4", "cpu-fp32"):
         ours, theirs = steps[f"evaluate-holdout@{profile}"].config, steps[f"evaluate-parent@{profile}"].config
         assert ours["data"] == theirs["data"] == "label-holdout.dataset"
-        assert ours["model"] == f"quantize@{profile}.model" and theirs["model"] == f"parent@{profile}.model"
+        assert ours["model"] == f"signal-reference@{profile}.variant" and theirs["model"] == f"parent@{profile}.model"
         assert ours["role"] == theirs["role"] == "holdout"
         assert steps[f"parent@{profile}"].config == {"name": "t", "version": "2", "profile": profile}
     published = {v["profile"]: v for v in steps["publish"].config["variants"]}
@@ -254,3 +254,16 @@ def test_submit_validates_before_queuing(sqlite_store: Store, tmp_path: Path) ->
     job = jobs.submit(yaml.safe_dump(BASE), "/r/recipe.yaml")
     assert job.state == "QUEUED" and job.stage_count == len(_check(BASE))
     assert [j.job_id for j in jobs.list()] == [job.job_id]
+
+
+def test_teacher_min_accuracy_reaches_distill_data_and_keeps_old_hashes() -> None:
+    plain = load_recipe(yaml.safe_dump(BASE), "r.yaml")
+    steps = {s.id: s for s in _check(BASE)}
+    assert "min_teacher_accuracy" not in steps["distill-data"].config  # the stage's default applies
+    strict = _with(teacher={**BASE["teacher"], "min_accuracy": 0.9})
+    steps = {s.id: s for s in _check(strict)}
+    assert steps["distill-data"].config["min_teacher_accuracy"] == 0.9
+    assert load_recipe(yaml.safe_dump(strict), "r.yaml").recipe_hash() != plain.recipe_hash()
+    assert '"min_accuracy"' not in plain.canonical_json() and '"drift_reference"' not in plain.canonical_json()
+    with pytest.raises(RecipeError, match="min_accuracy"):
+        load_recipe(yaml.safe_dump(_with(teacher={**BASE["teacher"], "min_accuracy": 1.5})), "r.yaml")

@@ -10,6 +10,7 @@ from controller.rollout import RolloutSpec, create_rollout, get_rollout
 from controller.scheduler.jobs import (
     DRIFT_CHECK,
     JOB_PROMOTION,
+    QUALITY_AUDIT,
     ROLLOUT_TICK,
     Intervals,
     rollout_tick_hook,
@@ -60,6 +61,16 @@ def test_hooks_run_periodically_and_survive_failures() -> None:
     finally:
         scheduler.shutdown()
     assert not scheduler.running
+
+
+def test_the_quality_audit_runs_on_its_own_interval() -> None:
+    audits = threading.Event()
+    scheduler = start_scheduler(rollout_tick=None, quality_audit=audits.set, intervals=Intervals(quality_audit_s=0.05))
+    try:
+        assert scheduler.job_names() == [QUALITY_AUDIT]
+        assert audits.wait(5)
+    finally:
+        scheduler.shutdown()
 
 
 def test_scheduled_rollout_tick_moves_a_rollout(sqlite_store: Store) -> None:

@@ -1,0 +1,210 @@
+"""What runs inside a Ray task for one pipeline step (imported on the worker; no Ray import at module level).
+
+The job worker sends a :class:`StageTask` (plain data: the stage's name and config, its inputs' paths and
+packs, the picklable extras) and an *inbox* actor. The task rebuilds the stage and its context, runs it, packs
+its work dir into the blob store and returns a plain dict (``status`` ok | error | cancelled | crash): no
+exception has to survive pickling across Python processes. While it runs, it puts into the inbox a ``started``
+record (its pid and node, so a test or an operator can find the process), throttled progress updates and its
+log records; the job worker drains them into the Job row and ``job.log``. ``is_cancelled`` asks the inbox,
+which the job worker flags when the job is cancelled, so a stage stops cleanly (and stops its child tools);
+the job worker force-cancels the task if it does not.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import socket
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from controller.factory.backends.transfer import Packed, localize, open_blobs, pack
+from shared.errors import Cancelled, SlmopsError
+
+PROGRESS_EVERY_S = 0.25
+CANCEL_POLL_S = 0.5
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "OLIVE_DISABLE_TELEMETRY": "1",
+}
+
+
+@dataclass
+class StageTask:
+    job_id: str
+    step_id: str
+    stage: str
+    config: dict[str, Any]
+    work_dir: str
+    inputs: dict[str, str]
+    upstream: dict[str, dict[str, Any]]
+    cache_dir: str
+    data_dir: str
+    extras: dict[str, Any] = field(default_factory=dict)
+    packs: dict[str, Packed] = field(default_factory=dict)
+    # None: do not use the blob store (tests of the bare path); else the recorded settings ({} = file store).
+    blob_config: dict[str, Any] | None = None
+
+
+class Inbox:
+    """Ray actor (created with ``num_cpus=0``): messages from a job's tasks, and its cancel flag."""
+
+    def __init__(self) -> None:
+        self._items: list[dict[str, Any]] = []
+        self._cancelled = False
+
+    def put(self, item: dict[str, Any]) -> None:
+        self._items.append(item)
+
+    def drain(self) -> list[dict[str, Any]]:
+        items, self._items = self._items, []
+        return items
+
+    def cancel(self, flag: bool = True) -> None:
+        self._cancelled = flag
+
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+
+class _InboxLogHandler(logging.Handler):
+    def __init__(self, send: Any) -> None:
+        super().__init__(logging.INFO)
+        self.send = send
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.name.startswith("ray"):
+            return
+        with contextlib.suppress(Exception):  # a log line must never fail the stage
+            self.send({"kind": "log", "level": record.levelno, "name": record.name, "msg": record.getMessage()})
+
+
+class _Relay:
+    """The task's side of the inbox: throttled progress, log records, the cancel flag."""
+
+    def __init__(self, inbox: Any, step_id: str) -> None:
+        self.inbox, self.step_id = inbox, step_id
+        self._last_sent = 0.0
+        self._last_message = ""
+        self._cancel_checked = 0.0
+        self._cancelled = False
+
+    def send(self, item: dict[str, Any]) -> None:
+        if self.inbox is not None:
+            self.inbox.put.remote({**item, "step": self.step_id})
+
+    def progress(self, p: Any) -> None:
+        now = time.monotonic()
+        final = bool(p.total_steps) and p.step >= p.total_steps
+        if p.message == self._last_message and not final and now - self._last_sent < PROGRESS_EVERY_S:
+            return
+        self._last_sent, self._last_message = now, p.message
+        self.send({"kind": "progress", "step_n": p.step, "total": p.total_steps, "loss": p.loss, "message": p.message})
+
+    def is_cancelled(self) -> bool:
+        now = time.monotonic()
+        if self.inbox is not None and not self._cancelled and now - self._cancel_checked >= CANCEL_POLL_S:
+            import ray
+
+            self._cancel_checked = now
+            self._cancelled = bool(ray.get(self.inbox.cancelled.remote()))
+        return self._cancelled
+
+
+def _work_dir(task: StageTask) -> Path:
+    """The step's own work dir when this node shares the controller's disk, else a scratch folder."""
+    wanted = Path(task.work_dir)
+    if wanted.parent.is_dir() and os.access(wanted.parent, os.W_OK):
+        path = wanted
+    else:
+        path = Path(tempfile.gettempdir()) / "slmops-ray" / task.job_id / wanted.name
+    if path.exists():
+        shutil.rmtree(path)  # a retried attempt starts clean
+    path.mkdir(parents=True)
+    return path
+
+
+def _rel_outputs(outputs: dict[str, Path], work_dir: Path) -> dict[str, str]:
+    rel, root = {}, work_dir.resolve()
+    for name, path in outputs.items():
+        p = Path(path).resolve()
+        rel[name] = f"rel:{p.relative_to(root).as_posix()}" if p.is_relative_to(root) else str(p)
+    return rel
+
+
+def _localize_config(value: Any, fix: Any) -> Any:
+    """The config with every string that names a packed path replaced by where it is on this node."""
+    if isinstance(value, str):
+        return fix(value) if os.path.isabs(value) else value
+    if isinstance(value, dict):
+        return {k: _localize_config(v, fix) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_localize_config(v, fix) for v in value]
+    return value
+
+
+def execute(task: StageTask, inbox: Any) -> dict[str, Any]:
+    """Run one step (the body of the Ray task); returns a plain dict, never raises for a stage failure."""
+    from controller.factory.stage import Progress, StageContext, get_stage
+
+    for key, value in OFFLINE_ENV.items():
+        os.environ.setdefault(key, value)
+    relay = _Relay(inbox, task.step_id)
+    relay.send({"kind": "started", "pid": os.getpid(), "node": socket.gethostname(), "time": time.time()})
+    handler = _InboxLogHandler(relay.send)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(min(root.level or logging.INFO, logging.INFO))
+    try:
+        blobs = None if task.blob_config is None else open_blobs(task.blob_config, Path(task.data_dir))
+        work_dir = _work_dir(task)
+        scratch = Path(tempfile.gettempdir()) / "slmops-ray" / task.job_id / "inputs"
+        inputs = {k: Path(localize(v, task.packs, blobs, scratch)) for k, v in task.inputs.items()}
+        stage = get_stage(task.stage)
+        raw = _localize_config(task.config, lambda v: localize(v, task.packs, blobs, scratch))
+        config = stage.parse_config(raw, f"step '{task.step_id}'")
+        ctx = StageContext(
+            work_dir=work_dir,
+            inputs=inputs,
+            upstream_metrics=task.upstream,
+            cache_dir=Path(task.cache_dir),
+            progress=relay.progress,
+            is_cancelled=relay.is_cancelled,
+            extras=dict(task.extras),
+        )
+        try:
+            result = stage.run(config, ctx)
+        except Cancelled as exc:
+            return {"status": "cancelled", "message": exc.message}
+        except SlmopsError as exc:
+            return {"status": "error", "message": exc.message, "type": type(exc).__name__}
+        except Exception as exc:
+            return {"status": "crash", "message": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()}
+        relay.progress(Progress(task.step_id, 1, 1, message="storing outputs"))
+        packed = pack(blobs, work_dir) if blobs is not None else None
+        return {
+            "status": "ok",
+            "outputs": _rel_outputs(result.outputs, work_dir),
+            "metrics": result.metrics,
+            "work_dir": str(work_dir),
+            "packed": packed,
+            "pid": os.getpid(),
+        }
+    finally:
+        root.removeHandler(handler)
+
+
+def call(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """The body of a generic task (:meth:`RayTaskRunner.submit`)."""
+    for key, value in OFFLINE_ENV.items():
+        os.environ.setdefault(key, value)
+    return fn(*args, **kwargs)

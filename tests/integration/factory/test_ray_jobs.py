@@ -1,0 +1,122 @@
+"""Build jobs on a real local Ray head: the tiny recipe end to end with a killed (and retried) training worker,
+the failure path when the retry dies too, and cancel. The JobManager, worker process, SQLite and stages are real.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from controller.factory.jobs import FINAL_STATES, JobManager
+from controller.store.db import Store
+from controller.store.tables import Job
+from tests.fixtures.ray import RayHead
+from tests.integration.factory.test_jobs import PROFILES, registry_of, tiny_recipe
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def ray_manager(tmp_path: Path, ray_head: RayHead, monkeypatch: pytest.MonkeyPatch) -> Iterator[JobManager]:
+    monkeypatch.setenv("RAY_ADDRESS", ray_head.gcs_address)  # for ray:auto (the worker inherits it)
+    data = tmp_path / "data"
+    data.mkdir()
+    store = Store(f"sqlite:///{data / 'controller.db'}")
+    jobs = JobManager(store, data, lambda: PROFILES, poll_interval_s=0.2, cancel_grace_s=10, jobs="ray:auto")
+    jobs.start()
+    yield jobs
+    jobs.stop()
+    store.close()
+
+
+def attempts(jobs: JobManager, job_id: str, step: str) -> list[dict]:
+    path = jobs.data_dir / "jobs" / job_id / "ray-tasks.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return [r for r in rows if r["step"] == step]
+
+
+def watch(jobs: JobManager, job_id: str, until, timeout: float = 600) -> tuple[Job, list[Job]]:  # type: ignore[no-untyped-def]
+    """Poll the job row until ``until(job)`` or a final state; returns the last row and every row seen."""
+    seen: list[Job] = []
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        job = jobs.get(job_id)
+        seen.append(job)
+        if until(job) or job.state in FINAL_STATES:
+            return job, seen
+        time.sleep(0.2)
+    raise AssertionError(f"job {job_id} still {jobs.get(job_id).state} ({jobs.get(job_id).message}) after {timeout} s")
+
+
+def training(job: Job) -> bool:
+    return job.stage == "train-teacher" and job.step > 0
+
+
+def test_build_on_ray_retries_a_killed_training_worker_and_publishes(ray_manager: JobManager) -> None:
+    job_id = ray_manager.submit(yaml.safe_dump(tiny_recipe(teacher_steps=300))).job_id
+    job, seen = watch(ray_manager, job_id, training)
+    assert job.state == "RUNNING", job.error
+    first = attempts(ray_manager, job_id, "train-teacher")
+    assert len(first) == 1 and first[0]["pid"] != job.pid  # the stage runs in a Ray worker, not the job worker
+    os.kill(first[0]["pid"], signal.SIGKILL)
+
+    job, rest = watch(ray_manager, job_id, lambda j: False)
+    seen += rest
+    assert job.state == "SUCCEEDED", job.error
+    retry = attempts(ray_manager, job_id, "train-teacher")
+    assert [r["attempt"] for r in retry] == [1, 2] and retry[1]["pid"] != first[0]["pid"]
+    summary = json.loads(job.summary_json)
+    assert {"train-teacher", "distill-data", "train-student", "publish"} <= set(summary["steps"]["ran"])
+    assert (job.result_name, job.result_version) == ("tiny-demo", "1")
+    assert registry_of(ray_manager).get_model("tiny-demo", "1").job_id == job_id
+    # progress from the Ray workers reached the row, and the counter reads 1/N .. N/N
+    assert any(r.stage == "train-teacher" and r.step > 0 and r.total_steps == 300 for r in seen)
+    assert min(r.stage_index for r in seen if r.stage) == 0
+    assert (job.stage, job.stage_index, job.stage_count) == ("publish", job.stage_count - 1, job.stage_count)
+    log = (ray_manager.data_dir / "jobs" / job_id / "job.log").read_text()
+    assert "Ray worker pid" in log and "ray-task." in log  # the worker's log records are in the job log
+
+
+def test_worker_killed_twice_fails_the_job_with_the_workers_error(
+    tmp_path: Path, ray_head: RayHead, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = tmp_path / "data"
+    store = Store(f"sqlite:///{data / 'controller.db'}") if data.mkdir() is None else None
+    assert store is not None
+    jobs = JobManager(store, data, lambda: PROFILES, poll_interval_s=0.2, jobs=ray_head.client_address)
+    jobs.start()
+    try:
+        job_id = jobs.submit(yaml.safe_dump(tiny_recipe(teacher_steps=5000))).job_id
+        for attempt in (1, 2):
+            job, _ = watch(jobs, job_id, lambda j, n=attempt: len(attempts(jobs, j.job_id, "train-teacher")) >= n)
+            assert job.state == "RUNNING", job.error
+            os.kill(attempts(jobs, job_id, "train-teacher")[-1]["pid"], signal.SIGKILL)
+        job, _ = watch(jobs, job_id, lambda j: False, timeout=120)
+        assert job.state == "FAILED"
+        last = attempts(jobs, job_id, "train-teacher")[-1]
+        assert "train-teacher" in job.error and f"Ray worker (pid {last['pid']} on" in job.error
+        assert "attempt 2) died" in job.error and "WorkerCrashedError" in job.error
+        assert registry_of(jobs).list_models() == []
+    finally:
+        jobs.stop()
+        store.close()
+
+
+def test_cancel_stops_the_ray_task_and_leaves_the_registry_unchanged(ray_manager: JobManager) -> None:
+    job_id = ray_manager.submit(yaml.safe_dump(tiny_recipe(teacher_steps=5000))).job_id
+    job, _ = watch(ray_manager, job_id, training)
+    pid = attempts(ray_manager, job_id, "train-teacher")[0]["pid"]
+    started = time.monotonic()
+    ray_manager.cancel(job_id)
+    job, _ = watch(ray_manager, job_id, lambda j: False, timeout=60)
+    assert job.state == "CANCELLED" and time.monotonic() - started < 20
+    title = Path(f"/proc/{pid}/cmdline")
+    assert not title.exists() or not title.read_bytes().startswith(b"ray::execute")  # the task is not running
+    assert registry_of(ray_manager).list_models() == []

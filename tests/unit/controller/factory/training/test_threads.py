@@ -1,0 +1,78 @@
+"""Training threads: chosen from the cores this process may use and the jobs running at once."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from controller.factory.training.threads import available_cores, cgroup_cpu_limit, choose_threads, running_jobs
+from controller.store.db import Store
+from controller.store.tables import Job
+
+
+def test_cgroup_quota_caps_the_affinity_set(tmp_path: Path) -> None:
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert cgroup_cpu_limit(tmp_path) == 1.5
+    assert available_cores(tmp_path) == min(len(os.sched_getaffinity(0)), 2)
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert cgroup_cpu_limit(tmp_path) is None
+    assert available_cores(tmp_path) == len(os.sched_getaffinity(0))
+    v1 = tmp_path / "v1"
+    (v1 / "cpu").mkdir(parents=True)
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("50000")
+    (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000")
+    assert cgroup_cpu_limit(v1) == 0.5 and available_cores(v1) == 1
+
+
+def test_threads_split_the_cores_between_running_jobs() -> None:
+    assert choose_threads(0, cores=8, jobs=1).threads == 8
+    assert choose_threads(0, cores=8, jobs=3).threads == 2
+    assert choose_threads(0, cores=2, jobs=5).threads == 1
+    explicit = choose_threads(3, cores=2, jobs=2)
+    assert explicit.threads == 3 and "num_threads in the recipe" in explicit.describe()
+    assert "2 cores available / 2 job(s) running" in choose_threads(0, cores=2, jobs=2).describe()
+    # a machine kept busy by other processes: fewer threads (the load includes this process)
+    assert choose_threads(0, cores=8, jobs=1, load=1.0).threads == 8
+    assert choose_threads(0, cores=8, jobs=1, load=5.5).threads == 4
+    assert choose_threads(0, cores=2, jobs=1, load=1.2).threads == 2 and choose_threads(0, 2, 1, 1.6).threads == 1
+    assert choose_threads(0, cores=2, jobs=1, load=6.0).threads == 1
+    assert "load 6.0" in choose_threads(0, cores=2, jobs=1, load=6.0).describe()
+
+
+def test_running_jobs_are_counted_in_the_job_table(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'c.db'}")
+    registry = type("R", (), {"store": store})()
+    assert running_jobs({}) == 1  # no controller: this job alone
+    with store.session() as s:
+        for i, state in enumerate(("RUNNING", "RUNNING", "QUEUED", "SUCCEEDED")):
+            s.add(Job(job_id=f"j{i}", kind="build", state=state, recipe_yaml="", created_at=time.time()))
+    assert running_jobs({"registry": registry}) == 2
+    store.close()
+
+
+def test_a_training_step_chooses_and_shows_its_threads_once(tmp_path: Path) -> None:
+    import torch
+
+    from controller.factory.pipeline import PipelineStep
+    from controller.factory.stage import StageContext
+    from controller.factory.tasks import write_jsonl
+    from controller.factory.training.setup import load_split
+
+    data = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "a", "response": "b"}])
+    seen: list = []
+    step = PipelineStep("train-student", "train-student", {"num_threads": 1})
+    ctx = StageContext(tmp_path, {"train": data}, progress=seen.append, extras={"step": step})
+    before = torch.get_num_threads()
+    try:
+        assert len(load_split(ctx, "train")) == 1 and load_split(ctx, None) == []
+        assert torch.get_num_threads() == 1 and ctx.extras["threads"] == 1
+        assert [p.message for p in seen] == ["threads: 1 (num_threads in the recipe; "
+                                             f"{available_cores()} cores available)"]  # fmt: skip
+        other = StageContext(
+            tmp_path, {"train": data}, progress=seen.append, extras={"step": PipelineStep("e", "evaluate")}
+        )
+        load_split(other, "train")
+        assert len(seen) == 1  # not a training stage: no choice made
+    finally:
+        torch.set_num_threads(before)
