@@ -57,14 +57,15 @@ def _progress_text(job: Any) -> str:
 
 
 class LineFollower:
-    """Plain log lines for a non-terminal (see the module doc)."""
+    """Plain log lines for a non-terminal (see the module doc). Start and end lines come from the job's step
+    history (``Job.steps``: every step, however short, in order, with its own time); progress lines from the
+    live fields while the step they describe runs."""
 
     def __init__(self, write: Callable[[str], None] | None = None, interval_s: float | None = None) -> None:
         self.write = write or self._stdout
         self.interval_s = _interval() if interval_s is None else interval_s
-        self.label = ""
-        self.index = -1
-        self.started = 0.0
+        self.printed = 0  # step events printed so far
+        self.running = ""  # the step that started and has not ended
         self.last_line = 0.0
         self.last_message = ""
 
@@ -73,37 +74,44 @@ class LineFollower:
         sys.stdout.write(line + "\n")
         sys.stdout.flush()
 
-    def _emit(self, text: str) -> None:
-        self.write(f"{time.strftime('%H:%M:%S')} {text}")
+    def _emit(self, text: str, at: float | None = None) -> None:
+        self.write(f"{time.strftime('%H:%M:%S', time.localtime(at))} {text}")
         self.last_line = time.monotonic()
 
-    def _end(self, how: str) -> None:
-        if self.label and self.label != "queued":
-            self._emit(f"{self.label} {how} in {time.monotonic() - self.started:.0f}s")
+    def _event(self, event: Any, count: int) -> None:
+        label = f"[{event.index + 1}/{count}] {event.step}" if count else event.step
+        if event.status == "started":
+            self.running, self.last_message = event.step, ""
+            text = "started"
+        elif event.status == "cached":
+            text = "cached"
+        else:
+            if event.step == self.running:
+                self.running = ""
+            text = (
+                f"done in {event.seconds:.0f}s"
+                if event.status == "ran"
+                else f"{event.status} after {event.seconds:.0f}s"
+            )
+        self._emit(f"{label} {text}", event.at_unix or None)
 
     def update(self, job: Any) -> None:
-        label = stage_label(job)
+        for event in list(job.steps)[self.printed :]:
+            self._event(event, job.stage_count)
+        self.printed = len(job.steps)
+        if not self.running or job.stage != self.running:
+            return  # the live fields describe a step whose lines are printed already
         now = time.monotonic()
-        if label != self.label:
-            self._end("done")
-            skipped = job.stage_index - self.index - 1
-            self.label, self.started, self.last_message = label, now, job.message
-            self.index = job.stage_index if job.stage else -1
-            if label != "queued":
-                note = f" ({skipped} quicker step(s) ran between updates)" if skipped > 0 else ""
-                self._emit(f"{label} {'cached' if job.message == 'cached' else 'started'}{note}")
-            return
         warning = job.message.lower().startswith("warning") and job.message != self.last_message
         if warning or (now - self.last_line >= self.interval_s and (job.total_steps or job.message)):
             text = _progress_text(job)
             if text:
-                self._emit(f"{label} {text}")
+                self._emit(f"{stage_label(job)} {text}")
         self.last_message = job.message
 
     def finish(self, job: Any) -> None:
-        state = state_name(job)
-        self._end("done" if state == "succeeded" else state)
-        self.label = ""
+        self.update(job)
+        self.running = ""
 
 
 def watch(stream: Iterable[Any], plain: bool | None = None) -> Any:

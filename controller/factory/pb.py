@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from controller.store.tables import Job
 from shared.pb import admin_pb2, common_pb2
 
@@ -41,4 +43,24 @@ def job_to_pb(job: Job, promotion: str = "") -> admin_pb2.Job:
     )
     if job.result_name:
         msg.result.CopyFrom(common_pb2.ModelRef(name=job.result_name, version=job.result_version))
+    msg.steps.extend(step_events(job.steps_json))
     return msg
+
+
+def step_events(steps_json: str) -> list[admin_pb2.StepEvent]:
+    """The row's step history ([] when empty or unreadable: it is progress display, never worth an error)."""
+    try:
+        raw = json.loads(steps_json) if steps_json else []
+    except ValueError:
+        return []
+    return [
+        admin_pb2.StepEvent(
+            index=max(0, int(e.get("index", 0))),
+            step=str(e.get("step", "")),
+            status=str(e.get("status", "")),
+            seconds=float(e.get("seconds", 0.0)),
+            at_unix=float(e.get("at", 0.0)),
+        )
+        for e in raw
+        if isinstance(e, dict)
+    ]

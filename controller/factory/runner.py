@@ -36,6 +36,7 @@ from shared.errors import Cancelled, SlmopsError, StageError
 log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int, int, PipelineStep, Progress], None]
+StepCallback = Callable[[int, PipelineStep, str, float], None]
 
 
 @dataclass
@@ -77,8 +78,13 @@ class PipelineRunner:
         on_progress: ProgressCallback | None = None,
         is_cancelled: Callable[[], bool] = lambda: False,
         task_runner: TaskRunner | None = None,
+        on_step: StepCallback | None = None,
     ) -> None:
         self.work_root = Path(work_root)
+        # (index, step, status, seconds) as each step starts and ends: "started", "cached", "ran", "failed",
+        # "cancelled" (the job's step history; progress above is throttled, these never are)
+        self.on_step = on_step or (lambda *_a: None)
+        self._index = 0
         self.cache = cache
         self.shared_cache_dir = Path(shared_cache_dir) if shared_cache_dir else self.work_root / ".cache"
         self.extras = extras or {}
@@ -105,6 +111,7 @@ class PipelineRunner:
         stage = get_stage(step.stage)
         config = stage.parse_config(step.config, f"step '{step.id}'")
         key = self._key(stage, config, step, done)
+        self._index = index
         hit = self.cache.get(key) if key and self.cache is not None else None
         if hit is not None:
             log.info("step %s: cached (%s)", step.id, key)
@@ -131,6 +138,7 @@ class PipelineRunner:
             extras={"task_runner": self.task_runner, **self.extras, "step": step},
         )
         self.on_progress(index, count, step, Progress(step.id, 0, 0, message="started"))
+        self.on_step(index, step, "started", 0.0)
         where = self.task_runner.describe() if stage.cacheable else "the job worker"
         log.info("step %s (%s): running in %s on %s", step.id, stage.name, work_dir, where)
         start = time.monotonic()
@@ -180,6 +188,7 @@ class PipelineRunner:
             raise StageError(step.id, f"{type(exc).__name__}: {exc}") from exc
 
     def _record(self, step: PipelineStep, status: str, key: str, seconds: float) -> None:
+        self.on_step(self._index, step, status, seconds)
         self._log.append(
             {"id": step.id, "stage": step.stage, "status": status, "cache_key": key, "seconds": round(seconds, 3)}
         )

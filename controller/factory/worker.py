@@ -65,6 +65,7 @@ class JobReporter:
         self._stage_started = time.monotonic()
         self._cancel_checked = 0.0
         self._cancelled = False
+        self._steps: list[dict[str, Any]] = []
 
     def update(self, **values: Any) -> None:
         values["updated_at"] = time.time()
@@ -94,6 +95,12 @@ class JobReporter:
             eta_s=eta,
             message=p.message[:500],
         )
+
+    def step_event(self, index: int, step: Any, status: str, seconds: float) -> None:
+        """A step started or ended: appended to the row's history at once (never throttled)."""
+        event = {"index": index, "step": step.id, "status": status, "seconds": round(seconds, 3), "at": time.time()}
+        self._steps.append(event)
+        self.update(steps_json=json.dumps(self._steps))
 
     def is_cancelled(self) -> bool:
         now = time.monotonic()
@@ -186,6 +193,7 @@ def _run(store: Store, args: WorkerArgs, paths: dict[str, Path]) -> None:
             on_progress=reporter.progress,
             is_cancelled=reporter.is_cancelled,
             task_runner=task_runner,
+            on_step=reporter.step_event,
         )
         result = runner.run(steps)
         evaluations = [o.metrics for o in result.outcomes.values() if o.step.stage == "evaluate"]

@@ -74,6 +74,8 @@ class Job(SQLModel, table=True):
     pid: int = 0
     # The controller replica that claimed the job (SLMOPS_REPLICA_ID); empty while QUEUED.
     claimed_by: str = ""
+    # Every step's start and end, in order (controller/factory/worker.py JobReporter.step_event).
+    steps_json: str = ""
 
 
 class ModelVersionRow(SQLModel, table=True):

@@ -101,6 +101,10 @@ def test_own_jsonl_task_builds_with_readable_redirected_output(controller_factor
     starts = {s for _, _, s, what in stage_lines if what in ("started", "cached")}
     ends = {s for _, _, s, what in stage_lines if what.startswith("done")}
     assert {"train-teacher", "train-student", "publish"} <= starts & ends, stage_lines
+    # every step has its lines, however short it ran (the job's step history, not polling)
+    assert sorted({int(i) for i, _, _, _ in stage_lines}) == list(range(1, total + 1)), stage_lines
+    ran = [s for _, _, s, what in stage_lines if what == "started"]
+    assert ran == [s for _, _, s, what in stage_lines if what.startswith("done")], stage_lines
     # progress lines during training: step, loss, ETA
     assert re.search(r"\] train-teacher step \d+/60 loss \d+\.\d+", log), log[-4000:]
 

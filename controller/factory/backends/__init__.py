@@ -9,12 +9,16 @@ Every Ray worker needs ``pip install 'slmops[controller,ray]'`` (and torch, as o
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 
 from controller.factory.backends.base import TaskRunner
 from controller.factory.backends.local import LocalTaskRunner
 from shared.errors import ConfigError, Unavailable
+from shared.retry import Policy
+
+log = logging.getLogger(__name__)
 
 __all__ = ["LocalTaskRunner", "TaskRunner", "check_spec", "ray_address", "runner_from_spec"]
 
@@ -67,6 +71,19 @@ def probe(address: str, timeout_s: float = 5.0) -> None:
         ) from exc
 
 
+ATTACH = Policy("ray-attach", base_s=2.0, cap_s=10.0, max_attempts=3)
+
+
+def _attach(runner_cls: type[TaskRunner], address: str) -> TaskRunner:
+    try:
+        return runner_cls(address)  # type: ignore[call-arg]
+    except BaseException:
+        import ray
+
+        ray.shutdown()  # a half-made connection would make the next ray.init a no-op
+        raise
+
+
 def runner_from_spec(spec: str) -> TaskRunner:
     """The task runner of a ``jobs`` spec, connected; ConfigError for a bad spec, Unavailable when unreachable."""
     if check_spec(spec) == "local":
@@ -80,7 +97,9 @@ def runner_from_spec(spec: str) -> TaskRunner:
             "settings", "jobs", f"'{spec}' needs Ray on the controller: pip install 'slmops[controller,ray]' ({exc})"
         ) from exc
     try:
-        return RayTaskRunner(address)
+        # The head starts a client server per connection; on a busy head that start can fail once: try again.
+        return ATTACH.call(lambda: _attach(RayTaskRunner, address), f"attach to the Ray cluster at {address}", None,
+                           retry_on=(ConnectionError, RuntimeError, TimeoutError), logger=log)  # fmt: skip
     except (ConnectionError, RuntimeError, TimeoutError) as exc:
         raise Unavailable(
             f"could not attach to the Ray cluster at {address}: {exc}; check `ray status` on the head and that "

@@ -120,10 +120,17 @@ def test_build_job_end_to_end_then_rerun_from_cache(manager: JobManager) -> None
         assert verify(variant.manifest_json, variant.signature, registry.public_key_pem).ref == "tiny-demo:1"
     pb = job_to_pb(job)
     assert pb.state == admin_pb2.JOB_STATE_SUCCEEDED and pb.result.version == "1"
+    # the step history: every step started and ran, in plan order, each once, with its 0-based index
+    history = [(e.index, e.step, e.status) for e in pb.steps]
+    ids = [e.step for e in pb.steps if e.status == "ran"]
+    assert len(ids) == len(set(ids)) == pb.stage_count and ids[-1] == "publish"
+    assert history == [(i, sid, what) for i, sid in enumerate(ids) for what in ("started", "ran")]
 
     again = wait(manager, manager.submit(yaml.safe_dump(tiny_recipe()), "/tmp/tiny.yaml").job_id)
     assert again.state == "SUCCEEDED" and again.result_version == "2"
     assert json.loads(again.summary_json)["steps"]["ran"] == ["publish"]  # everything else from the cache
+    statuses = [e.status for e in job_to_pb(again).steps]
+    assert statuses == ["cached"] * (len(ids) - 1) + ["started", "ran"]
 
 
 def test_cancel_running_job_leaves_registry_unchanged(manager: JobManager) -> None:
