@@ -72,6 +72,10 @@ class AuditSettings(BaseModel):
     # Audits judged together (the most recent), and fewest before a drop can be called.
     window: int = Field(default=60, ge=10)
     min_audits: int = Field(default=30, ge=5)
+    # A drop is called only when the interval lies this far below the reference accuracy: the teacher is not
+    # perfect, and agreement with it sits below the reference by about its own error rate (the bench's teacher:
+    # 94% agreement with a student that is 99.75% right on unshifted traffic).
+    max_drop: float = Field(default=0.10, ge=0, lt=1)
     # Teacher to ask: {"folder": PATH} or {"base_url": URL, "model": NAME}; empty: the version's lineage teacher.
     teacher: dict[str, str] = Field(default_factory=dict)
 

@@ -9,7 +9,8 @@ teacher's (parsed JSON compared as values). Per (profile, model, version) it kee
 ``audit.window`` outcomes, and estimates the accuracy with a 95% Wilson interval.
 
 When the interval of the recent audits (at least ``audit.min_audits``) lies wholly below the version's
-reference accuracy (measured by the factory on its validation split, ``reference_accuracy`` in its baseline),
+reference accuracy (measured by the factory on its validation split, ``reference_accuracy`` in its baseline)
+minus ``audit.max_drop`` (room for the teacher's own mistakes),
 that is a quality drift: a drift event (detector ``teacher_audit``, metric ``audited_accuracy``) with the
 audited figures as evidence, decided and acted on by the same policy as the other detectors. One event per
 version: the version is then being replaced, or the operator has been told.
@@ -190,7 +191,7 @@ def _drop_event(
     if tally.event_id or ref is None or len(tally.recent) < profile.audit.min_audits:
         return None, None
     low, high = wilson(sum(tally.recent), len(tally.recent))
-    if high >= float(ref):
+    if high >= float(ref) - profile.audit.max_drop:
         return None, None
     config = config_for(profile)
     decision = decide(session, profile.drift_policy, config, profile.name, model_name, "quality", now)
@@ -201,6 +202,7 @@ def _drop_event(
         "audit": tally.summary(),
         "reference_accuracy": float(ref),
         "reference_n": reference.get("reference_n"),
+        "max_drop": profile.audit.max_drop,
         "units": "share of answers equal to the teacher's (95% Wilson interval)",
         "policy": {"mode": profile.drift_policy, "action": decision.action, "reason": decision.reason},
     }

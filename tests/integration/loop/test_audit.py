@@ -4,6 +4,7 @@ accuracy per version with a Wilson interval, and a drop below the reference is o
 
 from __future__ import annotations
 
+import json
 import random
 from pathlib import Path
 
@@ -120,3 +121,20 @@ def test_the_teacher_is_the_profiles_choice_else_the_lineages(tiny_hf_model: Pat
     assert isinstance(build_teacher(teacher_spec(plain, endpoint)), EndpointTeacher)
     local = build_teacher({"folder": str(tiny_hf_model)})
     assert isinstance(local, LocalTeacher) and build_teacher({"folder": str(tiny_hf_model)}) is local
+
+
+def test_a_drop_within_the_teachers_own_error_is_not_called(sqlite_store: Store) -> None:
+    from controller.drift.audited import Tally
+    from controller.loop.audit import _drop_event
+
+    tally = Tally()
+    for i in range(60):  # 94% agreement: what an imperfect teacher gives a student that is right
+        tally.add(i % 17 != 0, window=60)
+    reference = {"reference_accuracy": 1.0, "reference_n": 200}
+    lenient = DeviceProfile(name=PROFILE, precision="int4", audit=AuditSettings(enabled=True))
+    strict = DeviceProfile(name=PROFILE, precision="int4", audit=AuditSettings(enabled=True, max_drop=0.0))
+    with sqlite_store.session() as s:
+        assert _drop_event(s, lenient, MODEL, "1", tally, reference, HOUR) == (None, None)
+        row, _ = _drop_event(s, strict, MODEL, "1", tally, reference, HOUR)
+        assert row is not None and row.detector == "teacher_audit"
+        assert json.loads(row.evidence_json)["max_drop"] == 0.0
