@@ -22,9 +22,13 @@ factory's ``signal-reference`` stage measures on the validation split. The valid
 ask); latency is not replayed. Per shift (the task's ``shifted`` variant, ``new_slots``,
 ``new_phrasings``): ``detect_delay_requests`` (shifted requests up to the window that raised the first event,
 after ``WARM`` base requests), the accuracy drop, and ``audited_accuracy_error``: |teacher-audited estimate -
-true accuracy| over the replayed requests, auditing a share ``AUDIT_SHARE`` (the task's labels stand in for
-a perfect teacher, so it measures the audit's sampling, not a teacher's mistakes). ``false_alarms_per_10k``:
-events on ``BASE_REQUESTS`` base requests. Last line: one JSON object.
+true accuracy| over the replayed requests, auditing a share ``AUDIT_SHARE``. The teacher is a real model
+(``bench/drift_teacher.py``: trained once, as the demo's recipe trains its teacher, on the task's base AND
+shifted variants; a larger spec than the student) asked through the controller's audit path
+(``build_teacher`` -> ``LocalTeacher.answer``, then ``same_answer``), so the error counts the teacher's own
+mistakes as well as the sampling. ``audited_sampling_error`` is the same audit with the task's labels standing in
+for a perfect teacher (the sampling alone), ``teacher_accuracy`` the teacher's accuracy on the audited prompts.
+``false_alarms_per_10k``: events on ``BASE_REQUESTS`` base requests. Last line: one JSON object.
 """
 
 from __future__ import annotations
@@ -136,6 +140,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="smaller replay (for development)")
     parser.add_argument("--guided", action="store_true", help="answers under the task's schema (guided decoding)")
+    parser.add_argument("--teacher-steps", type=int, default=None, help="training steps of the audit's teacher")
     parser.add_argument("--synthetic-only", action="store_true", help="only the synthetic per-detector figures")
     args = parser.parse_args()
     detail = measure_detail(args.seed)
@@ -149,7 +154,7 @@ def main() -> None:
         return
     from drift_replay import replay_figures  # type: ignore[import-not-found]
 
-    figures = replay_figures(quick=args.quick, seed=args.seed, guided=args.guided)
+    figures = replay_figures(quick=args.quick, seed=args.seed, guided=args.guided, teacher_steps=args.teacher_steps)
     print(json.dumps({**figures, "synthetic": summarize(detail)}))
 
 

@@ -1,6 +1,7 @@
 """Real model outputs for ``bench/drift_detectors.py``: a student trained on the bundled task, its int4 variant,
 and its answers (with per-token log-probabilities and entropies from the agent's runtime) to pools of prompts of
-each kind of traffic, computed once and cached under ``.cache/bench/drift-replay-v1``.
+each kind of traffic, computed once and cached under ``.cache/bench/drift-replay-v1``; the teacher that audits
+the replay and its answers are cached there too (``bench/drift_teacher.py``).
 
 Traffic kinds: ``base`` (the task's test split), ``shifted`` (the task's shifted variant: new vocabulary,
 phrasing and slot formats), ``new_slots`` (base phrasing, the shifted variant's room and device names only) and
@@ -20,6 +21,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from drift_teacher import TEACHER_STEPS, teacher_answers, teacher_dir, teacher_info  # type: ignore[import-not-found]
+
 REPO = Path(__file__).resolve().parent.parent
 CACHE = REPO / ".cache" / "bench" / "drift-replay-v1"
 TASK = "smart-building"
@@ -31,6 +34,7 @@ STUDENT = {
     "intermediate_size": 256,
     "max_position_embeddings": 128,
 }
+TRAIN_SIZE = 3000  # the student's base training split (the teacher learns as many of each variant)
 KINDS = ("validation", "base", "shifted", "new_slots", "new_phrasings")
 log = logging.getLogger(__name__)
 
@@ -77,7 +81,7 @@ def _train(out: Path, steps: int) -> Path:
     from controller.factory.training import TrainParams, train_causal_lm
 
     task = get_task(TASK)
-    train = task.generate("train", 3000, seed=0)
+    train = task.generate("train", TRAIN_SIZE, seed=0)
     texts = [t for r in train for t in (r["prompt"], r["response"])]
     tok = build_tokenizer(texts, out / "_tokenizer", vocab_size=1000)
     hf = init_model(ModelSpec(**STUDENT), tok, out / "hf", seed=0)
@@ -196,21 +200,31 @@ class Replayer:
         return self.watch.feed(row, signals)
 
 
-def _audit(records: list[dict[str, Any]], rng: random.Random) -> dict[str, Any]:
+def _audit(records: list[dict[str, Any]], rng: random.Random, teacher: Path) -> dict[str, Any]:
+    """The controller's audit of a share of ``records``: the device's answer against the ``teacher``'s
+    (``audited_accuracy_error``) and, for comparison, against the task's reference (``audited_sampling_error``:
+    a perfect teacher, so only the sampling)."""
+    from controller.factory.tasks.smart_building import parse_command
     from controller.loop.audit import Tally, same_answer
 
-    tally = Tally()
-    for rec in records:
-        if rng.random() < AUDIT_SHARE:
-            tally.add(same_answer(rec["text"], rec["reference"]), window=10**9)
+    chosen = [rec for rec in records if rng.random() < AUDIT_SHARE]
+    truths = teacher_answers(teacher, [rec["prompt"] for rec in chosen])
+    tally, labels = Tally(), Tally()
+    teacher_right = 0
+    for rec in chosen:
+        tally.add(same_answer(rec["text"], truths[rec["prompt"]]), window=10**9)
+        labels.add(same_answer(rec["text"], rec["reference"]), window=10**9)
+        teacher_right += parse_command(truths[rec["prompt"]]) == parse_command(rec["reference"])
     true = sum(r["correct"] for r in records) / len(records)
-    est = tally.summary()
+    est, sampled = tally.summary(), labels.summary()
     return {
         "audited": tally.n,
         "audited_accuracy": est["accuracy"],
         "audited_ci95": est["ci95"],
         "true_accuracy": true,
         "audited_accuracy_error": round(abs((est["accuracy"] or 0.0) - true) * 100, 2),
+        "audited_sampling_error": round(abs((sampled["accuracy"] or 0.0) - true) * 100, 2),
+        "teacher_accuracy": round(teacher_right / len(chosen), 4) if chosen else None,
     }
 
 
@@ -229,7 +243,9 @@ def _delay(kind: str, reference: Any, sketch: Any, pools: dict[str, list[Any]], 
     return None
 
 
-def _shift(kind: str, reference: Any, sketch: Any, pools: dict[str, list[Any]], sizes: Sizes, seed: int) -> dict:
+def _shift(
+    kind: str, reference: Any, sketch: Any, pools: dict[str, list[Any]], sizes: Sizes, seed: int, teacher: Path
+) -> dict:
     rng = random.Random(f"{seed}:{kind}")
     rep = Replayer(reference, sketch)
     warm_alarms = sum(len(rep.request(rng.choice(pools["base"]))) for _ in range(WARM))
@@ -248,11 +264,13 @@ def _shift(kind: str, reference: Any, sketch: Any, pools: dict[str, list[Any]], 
         "detected_by": by,
         "detect_delay_requests_confidence_only": _delay(kind, reference, sketch, pools, sizes, seed),
         "warm_false_alarms": warm_alarms,
-        **_audit(replayed, rng),
+        **_audit(replayed, rng, teacher),
     }
 
 
-def _base(reference: Any, sketch: Any, pools: dict[str, list[Any]], sizes: Sizes, seed: int) -> dict[str, Any]:
+def _base(
+    reference: Any, sketch: Any, pools: dict[str, list[Any]], sizes: Sizes, seed: int, teacher: Path
+) -> dict[str, Any]:
     rng = random.Random(f"{seed}:base")
     rep = Replayer(reference, sketch)
     alarms: list[str] = []
@@ -266,27 +284,30 @@ def _base(reference: Any, sketch: Any, pools: dict[str, list[Any]], sizes: Sizes
         "false_alarms": len(alarms),
         "false_alarms_per_10k": round(len(alarms) * 10_000 / sizes.base_requests, 2),
         "alarms": sorted(set(alarms)),
-        **_audit(replayed[: sizes.shifted_requests], rng),
+        **_audit(replayed[: sizes.shifted_requests], rng, teacher),
     }
 
 
-def replay_figures(quick: bool = False, seed: int = 0, guided: bool = False) -> dict[str, Any]:
+def replay_figures(
+    quick: bool = False, seed: int = 0, guided: bool = False, teacher_steps: int | None = None
+) -> dict[str, Any]:
     from controller.factory.stages.signal_reference import build_reference
     from shared.sketch import sketch_from_texts
 
     sizes = Sizes.quick() if quick else Sizes()
     model_dir()
+    teacher = teacher_dir(CACHE, TASK, TRAIN_SIZE, teacher_steps or TEACHER_STEPS)
     sketch = sketch_from_texts(train_prompts())
     val = answers("validation", sizes.validation, guided=guided)
     reference = build_reference(val, [r["prompt"] for r in val], sketch, [r["correct"] for r in val])
     pools = {kind: answers(kind, sizes.pool, guided=guided) for kind in ("base", *SHIFTS)}
-    base = _base(reference, sketch, pools, sizes, seed)
+    base = _base(reference, sketch, pools, sizes, seed, teacher)
     confidence = Replayer(reference, sketch, only=CONFIDENCE)  # false alarms of the confidence signals alone
     rng = random.Random(f"{seed}:base:confidence")
     base["false_alarms_confidence_only"] = sum(
         len(confidence.request(rng.choice(pools["base"]))) for _ in range(sizes.base_requests)
     )
-    shifts = {kind: _shift(kind, reference, sketch, pools, sizes, seed) for kind in SHIFTS}
+    shifts = {kind: _shift(kind, reference, sketch, pools, sizes, seed, teacher) for kind in SHIFTS}
     for fig in shifts.values():
         fig["false_alarms_per_10k"] = base["false_alarms_per_10k"]
     met = base["false_alarms_per_10k"] == 0 and base["requests"] >= 20_000
@@ -300,6 +321,7 @@ def replay_figures(quick: bool = False, seed: int = 0, guided: bool = False) -> 
         "guided": guided,
         "window_requests": WINDOW,
         "reference": {"validation_accuracy": reference.accuracy, "signals": signals},
+        "teacher": teacher_info(teacher),
         "base": base,
         "shifts": shifts,
         "false_alarms_per_10k": base["false_alarms_per_10k"],
