@@ -36,8 +36,9 @@ TEACHER = {
     "max_position_embeddings": 128,
 }
 VARIANTS = ("base", "shifted")
-# The demo teacher makes 400 steps x 64 over 2 x 2000 examples (6.4 passes); the same passes over 2 x TRAIN_SIZE.
-TEACHER_STEPS = 600
+# The demo teacher makes 400 steps x 64 over 2 x 2000 examples (6.4 passes). 600 steps (the same passes) left it
+# at 93.9% on base prompts (audit error 5.86 points on base traffic); 1200 steps: 94.7% (5.09 points).
+TEACHER_STEPS = 1200
 VAL_EXAMPLES = 64  # per variant, for the validation loss (the student's: 64)
 TRAIN = {"learning_rate": 2e-3, "batch_size": 64, "max_seq_len": 96, "warmup_ratio": 0.05, "seed": 0}
 
