@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 
 Body = schemas.ChatCompletionRequest | schemas.CompletionRequest
 T = TypeVar("T")
+# Longest a worker waits for the event loop to send a streamed chunk (EventChannel handoff_s): far above the
+# ~0.2 ms the loop needs when free, and a bounded cost (<= 1/8 of a 15 ms interval) when it is busy elsewhere.
+_HANDOFF_S = 0.002
 
 
 class Offload:
@@ -160,7 +163,9 @@ async def _admit(
         loop = asyncio.get_running_loop()
         prefix = "chatcmpl-" if endpoint == "chat" else "cmpl-"
         interval = serving.config.stream_interval_ms / 1000.0
-        channel = EventChannel(loop, interval) if body.stream else ResultChannel(loop)
+        # the GIL hand-off per chunk (see EventChannel); not per token (interval 0): that would pay it per token
+        handoff = _HANDOFF_S if interval > 0 else 0.0
+        channel = EventChannel(loop, interval, handoff) if body.stream else ResultChannel(loop)
         gen = Generation(
             request_id=prefix + uuid.uuid4().hex[:24],
             endpoint=endpoint,
@@ -248,15 +253,27 @@ def _error_response(exc: BaseException) -> Response:
 
 
 class _Chunks:
-    """The SSE chunks of one streamed answer."""
+    """The SSE chunks of one streamed answer.
+
+    A plain text delta (the usual chunk) is its template with the JSON-escaped text in place, not a fresh dict
+    through ``json.dumps``: the same bytes in 0.3 us instead of 4.5 us of the event loop's time (which it takes
+    from the worker generating the next tokens: one GIL).
+    """
+
+    _MARK = "\x00slmops-delta\x00"
 
     def __init__(self, gen: Generation, model: str, chat: bool, include_usage: bool) -> None:
         self.gen, self.model, self.chat, self.include_usage = gen, model, chat, include_usage
         self.created, self.fp, self.cid = int(time.time()), _fingerprint(gen), gen.request_id
+        self._head, self._tail = self.chunk(self._MARK).split(json.dumps(self._MARK), 1)
 
     def first(self) -> str:
         delta = {"role": "assistant", "content": ""}
         return _sse(schemas.chat_chunk(self.cid, self.created, self.model, delta, None, self.fp))
+
+    def text(self, text: str) -> str:
+        """The chunk of a text delta (no logprobs, no finish reason): as ``chunk(text)``, byte for byte."""
+        return self._head + json.dumps(text) + self._tail
 
     def chunk(
         self, text: str | None, finish: str | None = None, delta: dict[str, Any] | None = None, lps: Any = None
@@ -266,6 +283,15 @@ class _Chunks:
                 delta = {"content": text} if text or finish is None else {}
             return _sse(schemas.chat_chunk(self.cid, self.created, self.model, delta, finish, self.fp, lps))
         return _sse(schemas.text_chunk(self.cid, self.created, self.model, text or "", finish, self.fp))
+
+    def batch(self, batch: list[tuple[str, Any]]) -> str:
+        """The chunk of a batch's deltas and logprobs ("" when it has neither)."""
+        if all(kind == "delta" for kind, _ in batch):  # the usual batch: text only
+            text = "".join(v for _, v in batch)
+            return self.text(text) if text else ""
+        text = "".join(v for k, v in batch if k == "delta")
+        lps = [v for k, v in batch if k == "logprobs"] or None
+        return self.chunk(text, None, None, lps) if text or lps else ""
 
     def ending(self, kind: str, value: Any) -> str:
         if kind == "error":
@@ -288,20 +314,21 @@ async def _stream(gen: Generation, model: str, chat: bool, include_usage: bool) 
     sse = _Chunks(gen, model, chat, include_usage)
     channel = gen.channel
     assert isinstance(channel, EventChannel)
+    # The role chunk goes out with the first batch, in the same write: while the worker starts (prefill), the
+    # client then has no chunk to wake up for and parse, which would take a core from the model's threads.
+    out = sse.first() if chat else ""
     try:
-        if chat:
-            yield sse.first()
         while True:
             batch = await channel.get_batch()
-            text = "".join(v for k, v in batch if k == "delta")
-            lps = [v for k, v in batch if k == "logprobs"] or None
-            out = sse.chunk(text, None, None, lps) if text or lps else ""
-            for kind, value in batch:
-                if kind in ("done", "error"):
-                    yield out + sse.ending(kind, value) + "data: [DONE]\n\n"
-                    return
+            kind, value = batch[-1]  # the final event is always the last one put
+            if kind in ("done", "error"):
+                out += sse.batch(batch[:-1]) if len(batch) > 1 else ""
+                yield out + sse.ending(kind, value) + "data: [DONE]\n\n"
+                return
+            out += sse.batch(batch)
             if out:
                 yield out
+                out = ""
     finally:
         # Normal end: a no-op. Client gone (the response task is cancelled): stop the generation.
         gen.cancel.set()

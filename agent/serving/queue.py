@@ -11,8 +11,10 @@ instead of alternating between the pool's threads.
 
 Note (onnxruntime-genai 0.18): ``Generator.generate_next_token`` holds the GIL while it computes, so worker
 threads of one process take turns rather than generate in parallel (each generation already uses every core
-through onnxruntime's intra-op threads on CPU), and the event loop gets the GIL between tokens. Streaming
-therefore batches tokens per SSE chunk (``stream_interval_ms``) to keep loop wake-ups few.
+through onnxruntime's intra-op threads on CPU), and the event loop gets the GIL only when a worker gives it up.
+Streaming therefore batches tokens per SSE chunk (``stream_interval_ms``) to keep loop wake-ups few, and the
+worker hands the GIL to the loop for each chunk (``EventChannel`` ``handoff_s``) rather than leaving it to
+CPython's forced 5 ms switches.
 """
 
 from __future__ import annotations

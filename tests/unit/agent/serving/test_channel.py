@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 from agent.serving.generation import EventChannel, ResultChannel
 
@@ -74,6 +75,45 @@ def test_per_event_channel_loses_nothing_under_a_fast_producer() -> None:
     batches = asyncio.run(main())
     values = [v for batch in batches for kind, v in batch if kind == "delta"]
     assert values == list(range(2000))
+
+
+def test_handoff_returns_once_the_consumer_has_taken_the_batch_and_awaits_again() -> None:
+    waits: list[float] = []
+
+    async def main() -> list:
+        channel = EventChannel(asyncio.get_running_loop(), 0.0, handoff_s=5.0)
+
+        def produce() -> None:
+            for i in range(5):
+                start = time.perf_counter()
+                channel.put("delta", str(i))
+                channel.settle()  # as the worker does before its next token
+                waits.append(time.perf_counter() - start)
+            channel.put("done", None, final=True)
+
+        return await _collect(channel, produce)
+
+    batches = asyncio.run(main())
+    # each put waited for its own event to be taken (one batch per event), and was released by the consumer,
+    # not by the 5 s cap
+    assert batches == [[("delta", str(i))] for i in range(5)] + [[("done", None)]]
+    assert max(waits) < 1.0
+
+
+def test_handoff_waits_at_most_its_cap_for_a_consumer_that_stopped_reading() -> None:
+    async def main() -> float:
+        channel = EventChannel(asyncio.get_running_loop(), 0.0, handoff_s=0.05)
+        reader = asyncio.create_task(channel.get_batch())  # takes one batch, then never asks again
+        await asyncio.sleep(0.05)
+        start = time.perf_counter()
+        thread = threading.Thread(target=lambda: [channel.put("delta", str(i)) for i in range(20)])
+        thread.start()
+        assert (await asyncio.wait_for(reader, 5))[0] == ("delta", "0")
+        await asyncio.to_thread(thread.join)
+        return time.perf_counter() - start
+
+    # the first put waits its 50 ms cap (nobody comes back), the other 19 see no waiting consumer: no wait
+    assert asyncio.run(main()) < 0.5
 
 
 def test_result_channel_carries_only_the_final_event_across_threads() -> None:
