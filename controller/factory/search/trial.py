@@ -211,6 +211,22 @@ def violations(metrics: dict[str, Any], budgets: dict[str, float]) -> dict[str, 
     return out
 
 
+# onnxruntime's GroupQueryAttention kernel (the model builder's attention) needs head_size % 16 == 0.
+HEAD_SIZE_MULTIPLE = 16
+
+
+def _unbuildable(job: TrialJob) -> dict[str, float]:
+    """Violations a student's shape has before any training: ``{"head_size_multiple_of_16": remainder}``."""
+    init = (job.student or {}).get("init") or {}
+    if not init.get("hidden_size"):
+        return {}
+    from controller.factory.modeling import ModelSpec
+
+    width, heads = int(init["hidden_size"]), int(init.get("num_heads") or ModelSpec.model_fields["num_heads"].default)
+    remainder = (width // heads) % HEAD_SIZE_MULTIPLE
+    return {f"head_size_multiple_of_{HEAD_SIZE_MULTIPLE}": float(remainder)} if remainder else {}
+
+
 def run_trial(job: TrialJob) -> dict[str, Any]:
     """Train, build and score one trial. Returns ``{"state": "complete"|"pruned", "value", "metrics",
     "violations", "seconds", "step"}``; other failures raise."""
@@ -219,6 +235,9 @@ def run_trial(job: TrialJob) -> dict[str, Any]:
     from controller.factory.modeling import count_parameters
 
     started = time.monotonic()
+    if unbuildable := _unbuildable(job):  # known before training: no time spent on it
+        return {"state": "complete", "value": 0.0, "metrics": {}, "violations": unbuildable, "feasible": False,
+                "step": 0, "seconds": time.monotonic() - started}  # fmt: skip
     work = Path(job.work_dir)
     work.mkdir(parents=True, exist_ok=True)
     job = localize(job, work)
