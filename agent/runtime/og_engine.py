@@ -90,7 +90,7 @@ class EngineBatcher:
                     else:
                         yield TokenEvent("", token_count=0, finish_reason=value, prompt_tokens=len(ids))
                         return
-                if len(self._active) > 1:
+                if self.in_flight > 1:
                     # Several requests share each engine step: reading every CONSUMER_WAIT_S instead of every
                     # token saves a thread wake-up (and a GIL hand-off) per token per request.
                     time.sleep(CONSUMER_WAIT_S)

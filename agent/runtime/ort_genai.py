@@ -103,9 +103,7 @@ class OrtGenaiModel(LoadedModel):
 
     def enable_batching(self, mode: str) -> None:
         """Start the ``og.Engine`` scheduler (``engine``/``auto``); ``off`` keeps the generator path only."""
-        if mode not in BATCHING_MODES:
-            raise InvalidArgument(f"batching must be one of {', '.join(BATCHING_MODES)}, not '{mode}'")
-        self.batching = mode
+        self.batching = check_batching(mode)
         if mode != "off" and self._batcher is None:
             self._batcher = EngineBatcher(self._og, self._model, self._tokenizer, self._eos, self.context_length)
             self.info.extra["max_batch"] = self._batcher.max_batch
@@ -195,7 +193,8 @@ class OrtGenaiModel(LoadedModel):
             raise InvalidArgument(
                 f"the prompt has {len(ids)} tokens; this model's context is {self.context_length} tokens"
             )
-        self._in_flight += 1
+        with self._ids_lock:  # worker threads start requests at once: count them under a lock
+            self._in_flight += 1
         try:
             if self._use_engine(params):
                 assert self._batcher is not None
@@ -203,7 +202,8 @@ class OrtGenaiModel(LoadedModel):
             else:
                 yield from self._generate(ids, params, cancel)
         finally:
-            self._in_flight -= 1
+            with self._ids_lock:
+                self._in_flight -= 1
 
     def _generate(self, ids: np.ndarray, params: GenParams, cancel: threading.Event) -> Iterator[TokenEvent]:
         generator = self._og.Generator(self._model, self._params(len(ids), params))
@@ -303,6 +303,12 @@ class OrtGenaiModel(LoadedModel):
         log.info("closed model %s", self.model_id)
 
 
+def check_batching(mode: str) -> str:
+    if mode not in BATCHING_MODES:
+        raise InvalidArgument(f"batching must be one of {', '.join(BATCHING_MODES)}, not '{mode}'")
+    return mode
+
+
 @register_runtime("ort-genai")
 class OrtGenaiRuntime(Runtime):
     """Loads onnxruntime-genai folders in this process."""
@@ -310,9 +316,8 @@ class OrtGenaiRuntime(Runtime):
     name = "ort-genai"
 
     def __init__(self, batching: str | None = None, max_batch: int = 8) -> None:
-        if batching is not None and batching not in BATCHING_MODES:
-            raise InvalidArgument(f"batching must be one of {', '.join(BATCHING_MODES)}, not '{batching}'")
-        self.batching, self.max_batch = batching, max_batch
+        self.batching = check_batching(batching) if batching is not None else None
+        self.max_batch = max_batch
 
     def load(
         self,
@@ -328,7 +333,7 @@ class OrtGenaiRuntime(Runtime):
         started = time.perf_counter()
         mode = self.batching or ("off" if provider == "cpu" else "auto")
         try:
-            model = og.Model(self._config(og, model_dir, provider, mode))
+            model = og.Model(self._config(og, model_dir, genai_config, provider, mode))
         except Exception as exc:
             if provider == "cpu" or not allow_fallback:
                 raise ModelLoadError(
@@ -337,7 +342,7 @@ class OrtGenaiRuntime(Runtime):
             log.warning("provider %s unavailable for %s (%s); falling back to CPU", provider, model_dir, exc)
             try:
                 mode = self.batching or "off"
-                model = og.Model(self._config(og, model_dir, "cpu", mode))
+                model = og.Model(self._config(og, model_dir, genai_config, "cpu", mode))
             except Exception as exc2:
                 raise ModelLoadError(f"onnxruntime-genai could not load {model_dir}: {exc2}") from exc2
         device = str(model.device_type)
@@ -368,9 +373,9 @@ class OrtGenaiRuntime(Runtime):
                 log.warning("og.Engine unavailable for %s (%s); serving without batching", model_dir, exc)
         return loaded
 
-    def _config(self, og: Any, model_dir: Path, provider: str, batching: str) -> Any:
+    def _config(self, og: Any, model_dir: Path, genai_config: dict[str, Any], provider: str, batching: str) -> Any:
         config = og.Config(str(model_dir))
-        if batching != "off" and "engine" not in read_genai_config(model_dir):  # the folder's own wins
+        if batching != "off" and "engine" not in genai_config:  # the folder's own wins
             config.overlay(json.dumps({"engine": {"static_batching": {"max_batch_size": self.max_batch}}}))
         config.clear_providers()
         if provider != "cpu":

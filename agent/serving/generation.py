@@ -246,8 +246,12 @@ class Generation:
         # the client asked for logprobs: OpenAI entries per token
         self.logprob_entries: list[dict[str, Any]] | None = [] if params.logprobs_required else None
         # tool calls: the answer is parsed at the end, so nothing streams per token
-        self.hold_output = False
         self.functions: dict[str, Any] | None = None
+
+    @property
+    def hold_output(self) -> bool:
+        """With tools the answer is parsed whole (call or text) before anything is sent."""
+        return self.functions is not None
 
     def job(self) -> Job:
         return Job(run=self.run, cancel=self.cancel, on_skip=self.skipped)

@@ -10,12 +10,11 @@ its own ``x-guidance``: a flexible-whitespace grammar lets a small model pad its
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from agent.serving.errors import RequestFieldError
+from shared.guided_json import json_schema_guidance
 
-COMPACT = {"whitespace_flexible": False, "item_separator": ",", "key_separator": ":"}
 JSON_OBJECT: dict[str, Any] = {"type": "object"}
 
 
@@ -23,9 +22,7 @@ def schema_spec(schema: dict[str, Any]) -> tuple[str, str]:
     """The ``json_schema`` guidance for ``schema`` (compact unless it says otherwise)."""
     if not isinstance(schema, dict):
         raise RequestFieldError("response_format.json_schema.schema", "the schema must be a JSON object")
-    if "x-guidance" not in schema:
-        schema = {**schema, "x-guidance": COMPACT}
-    return "json_schema", json.dumps(schema)
+    return json_schema_guidance(schema)
 
 
 def response_format_spec(fmt: dict[str, Any] | None) -> tuple[str, str] | None:

@@ -180,7 +180,6 @@ async def _admit(
             on_finish=serving.finish,
         )
         gen.functions = plan.functions
-        gen.hold_output = plan.functions is not None
         serving.queue.submit(gen.job())
     except BaseException:
         lease.release()

@@ -20,7 +20,7 @@ import uuid
 from typing import Any
 
 from agent.serving.errors import RequestFieldError
-from agent.serving.guidance import COMPACT
+from shared.guided_json import COMPACT
 
 MAX_PARALLEL = 4
 TOOLS_PROMPT = (

@@ -10,8 +10,7 @@ from typing import Any
 
 import jsonschema
 
-# Compact JSON, as the agent guides it (agent/serving/guidance.py): no free whitespace between tokens.
-COMPACT = {"whitespace_flexible": False, "item_separator": ",", "key_separator": ":"}
+from shared.guided_json import json_schema_guidance
 
 
 def schema_for(spec: dict[str, Any]) -> dict[str, Any] | None:
@@ -48,8 +47,7 @@ def guided_metrics(
     validator = jsonschema.Draft202012Validator(schema)
     n = len(rows)
     out = {"schema_validity": sum(schema_valid(r["text"], validator) for r in rows) / n}
-    guided_schema = schema if "x-guidance" in schema else {**schema, "x-guidance": COMPACT}
-    guidance = ("json_schema", json.dumps(guided_schema))
+    guidance = json_schema_guidance(schema)
     exact = valid_json = valid = 0
     latency = []
     for ex in examples:

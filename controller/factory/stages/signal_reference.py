@@ -151,17 +151,12 @@ class SignalReferenceStage(Stage):
 
 
 def _guidance(task: str) -> tuple[str, str] | None:
-    """``("json_schema", schema)`` of the task's output, when it has one."""
-    if not task:
-        return None
-    import json
+    """The task's output schema as devices guide by it (compact JSON), when it has one."""
+    from controller.factory.evaluation.guided import schema_for
+    from shared.guided_json import json_schema_guidance
 
-    from controller.factory.evaluation.scoring import load_scorer
-    from controller.factory.tasks.base import get_task
-
-    load_scorer(task)  # imports the task modules
-    schema = get_task(task).output_schema()
-    return ("json_schema", json.dumps(schema)) if schema else None
+    schema = schema_for({"task": task})
+    return json_schema_guidance(schema) if schema else None
 
 
 def _correct(task: str, answers: list[dict[str, Any]], references: list[str]) -> list[bool] | None:

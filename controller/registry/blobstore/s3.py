@@ -14,6 +14,7 @@ import io
 import logging
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO, NoReturn
 
@@ -93,16 +94,22 @@ class S3BlobStore(BlobStore):
             self._fail("cannot use the blob store", exc)
 
     # --- reading -------------------------------------------------------------------------------------------
-    def stat(self, sha: str) -> BlobInfo:
-        key = self.key(sha)
+    @contextmanager
+    def _reading(self, what: str, sha: str) -> Iterator[None]:
+        """A missing object is the blob store's NotFound; any other failure is Unavailable naming ``what``."""
         try:
-            head = self.client.head_object(Bucket=self.bucket, Key=key)
+            yield
         except ClientError as exc:
             if exc.response.get("Error", {}).get("Code") in _MISSING:
                 raise not_found(check_sha(sha)) from None
-            self._fail(f"stat of blob {sha[:12]}…", exc)
+            self._fail(f"{what} blob {sha[:12]}…", exc)
         except BotoCoreError as exc:
-            self._fail(f"stat of blob {sha[:12]}…", exc)
+            self._fail(f"{what} blob {sha[:12]}…", exc)
+
+    def stat(self, sha: str) -> BlobInfo:
+        key = self.key(sha)
+        with self._reading("stat of", sha):
+            head = self.client.head_object(Bucket=self.bucket, Key=key)
         return BlobInfo(int(head["ContentLength"]), head["LastModified"].timestamp())
 
     def open_range(self, sha: str, offset: int = 0, end: int | None = None) -> tuple[BinaryIO, int]:
@@ -110,14 +117,8 @@ class S3BlobStore(BlobStore):
         stop = check_range(sha, offset, end, total)
         if stop <= offset:
             return io.BytesIO(b""), total
-        try:
+        with self._reading("reading", sha):
             obj = self.client.get_object(Bucket=self.bucket, Key=self.key(sha), Range=f"bytes={offset}-{stop - 1}")
-        except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") in _MISSING:
-                raise not_found(check_sha(sha)) from None
-            self._fail(f"reading blob {sha[:12]}…", exc)
-        except BotoCoreError as exc:
-            self._fail(f"reading blob {sha[:12]}…", exc)
         return obj["Body"], total
 
     def presign_get(self, sha: str, expires_s: int = 3600) -> str | None:

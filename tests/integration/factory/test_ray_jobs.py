@@ -8,7 +8,6 @@ import json
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,19 +20,6 @@ from tests.fixtures.ray import RayHead
 from tests.integration.factory.test_jobs import PROFILES, registry_of, tiny_recipe
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def ray_manager(tmp_path: Path, ray_head: RayHead, monkeypatch: pytest.MonkeyPatch) -> Iterator[JobManager]:
-    monkeypatch.setenv("RAY_ADDRESS", ray_head.gcs_address)  # for ray:auto (the worker inherits it)
-    data = tmp_path / "data"
-    data.mkdir()
-    store = Store(f"sqlite:///{data / 'controller.db'}")
-    jobs = JobManager(store, data, lambda: PROFILES, poll_interval_s=0.2, cancel_grace_s=10, jobs="ray:auto")
-    jobs.start()
-    yield jobs
-    jobs.stop()
-    store.close()
 
 
 def attempts(jobs: JobManager, job_id: str, step: str) -> list[dict]:
@@ -59,28 +45,28 @@ def training(job: Job) -> bool:
     return job.stage == "train-teacher" and job.step > 0
 
 
-def test_build_on_ray_retries_a_killed_training_worker_and_publishes(ray_manager: JobManager) -> None:
-    job_id = ray_manager.submit(yaml.safe_dump(tiny_recipe(teacher_steps=300))).job_id
-    job, seen = watch(ray_manager, job_id, training)
+def test_build_on_ray_retries_a_killed_training_worker_and_publishes(ray_jobs: JobManager) -> None:
+    job_id = ray_jobs.submit(yaml.safe_dump(tiny_recipe(teacher_steps=300))).job_id
+    job, seen = watch(ray_jobs, job_id, training)
     assert job.state == "RUNNING", job.error
-    first = attempts(ray_manager, job_id, "train-teacher")
+    first = attempts(ray_jobs, job_id, "train-teacher")
     assert len(first) == 1 and first[0]["pid"] != job.pid  # the stage runs in a Ray worker, not the job worker
     os.kill(first[0]["pid"], signal.SIGKILL)
 
-    job, rest = watch(ray_manager, job_id, lambda j: False)
+    job, rest = watch(ray_jobs, job_id, lambda j: False)
     seen += rest
     assert job.state == "SUCCEEDED", job.error
-    retry = attempts(ray_manager, job_id, "train-teacher")
+    retry = attempts(ray_jobs, job_id, "train-teacher")
     assert [r["attempt"] for r in retry] == [1, 2] and retry[1]["pid"] != first[0]["pid"]
     summary = json.loads(job.summary_json)
     assert {"train-teacher", "distill-data", "train-student", "publish"} <= set(summary["steps"]["ran"])
     assert (job.result_name, job.result_version) == ("tiny-demo", "1")
-    assert registry_of(ray_manager).get_model("tiny-demo", "1").job_id == job_id
+    assert registry_of(ray_jobs).get_model("tiny-demo", "1").job_id == job_id
     # progress from the Ray workers reached the row, and the counter reads 1/N .. N/N
     assert any(r.stage == "train-teacher" and r.step > 0 and r.total_steps == 300 for r in seen)
     assert min(r.stage_index for r in seen if r.stage) == 0
     assert (job.stage, job.stage_index, job.stage_count) == ("publish", job.stage_count - 1, job.stage_count)
-    log = (ray_manager.data_dir / "jobs" / job_id / "job.log").read_text()
+    log = (ray_jobs.data_dir / "jobs" / job_id / "job.log").read_text()
     assert "Ray worker pid" in log and "ray-task." in log  # the worker's log records are in the job log
 
 
@@ -109,14 +95,14 @@ def test_worker_killed_twice_fails_the_job_with_the_workers_error(
         store.close()
 
 
-def test_cancel_stops_the_ray_task_and_leaves_the_registry_unchanged(ray_manager: JobManager) -> None:
-    job_id = ray_manager.submit(yaml.safe_dump(tiny_recipe(teacher_steps=5000))).job_id
-    job, _ = watch(ray_manager, job_id, training)
-    pid = attempts(ray_manager, job_id, "train-teacher")[0]["pid"]
+def test_cancel_stops_the_ray_task_and_leaves_the_registry_unchanged(ray_jobs: JobManager) -> None:
+    job_id = ray_jobs.submit(yaml.safe_dump(tiny_recipe(teacher_steps=5000))).job_id
+    job, _ = watch(ray_jobs, job_id, training)
+    pid = attempts(ray_jobs, job_id, "train-teacher")[0]["pid"]
     started = time.monotonic()
-    ray_manager.cancel(job_id)
-    job, _ = watch(ray_manager, job_id, lambda j: False, timeout=60)
+    ray_jobs.cancel(job_id)
+    job, _ = watch(ray_jobs, job_id, lambda j: False, timeout=60)
     assert job.state == "CANCELLED" and time.monotonic() - started < 20
     title = Path(f"/proc/{pid}/cmdline")
     assert not title.exists() or not title.read_bytes().startswith(b"ray::execute")  # the task is not running
-    assert registry_of(ray_manager).list_models() == []
+    assert registry_of(ray_jobs).list_models() == []

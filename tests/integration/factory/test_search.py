@@ -149,23 +149,6 @@ def _resources():  # type: ignore[no-untyped-def]
     return Resources(num_cpus=1, memory_mb=512)
 
 
-@pytest.fixture
-def ray_jobs(tmp_path: Path, ray_head: RayHead, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
-    from controller.factory.jobs import JobManager
-    from controller.store.db import Store
-    from tests.integration.factory.test_jobs import PROFILES
-
-    monkeypatch.setenv("RAY_ADDRESS", ray_head.gcs_address)
-    data = tmp_path / "data"
-    data.mkdir()
-    store = Store(f"sqlite:///{data / 'controller.db'}")
-    jobs = JobManager(store, data, lambda: PROFILES, poll_interval_s=0.2, cancel_grace_s=10, jobs="ray:auto")
-    jobs.start()
-    yield jobs
-    jobs.stop()
-    store.close()
-
-
 @pytest.mark.slow
 def test_a_search_recipe_builds_on_ray_and_records_its_search(ray_jobs) -> None:  # type: ignore[no-untyped-def]
     """The whole job on Ray: the search stage is a Ray task that runs its trials as Ray tasks."""

@@ -4,7 +4,6 @@ the other takes over when the leader stops; SQLite refuses a second controller o
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,15 +13,7 @@ from controller.core.metrics import FleetCollector
 from shared.errors import FailedPrecondition
 from shared.pb import admin_pb2
 from tests.fixtures.controller import admin
-
-
-def _wait_for(condition: Callable[[], bool], timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return condition()
+from tests.fixtures.waiting import wait_for
 
 
 def _metrics(server: ControllerServer) -> dict[str, list[tuple[dict[str, str], float]]]:
@@ -37,7 +28,7 @@ def test_two_replicas_one_leader_and_takeover(controller_factory, pg_url: str, t
     a = controller_factory(tmp_path / "a", pg_url, replica_id="replica-a", insecure=True)
     b = controller_factory(tmp_path / "b", pg_url, replica_id="replica-b", insecure=True)
     assert a.app.scheduler.elector.is_leader and not b.app.scheduler.elector.is_leader
-    assert _wait_for(lambda: {r.replica_id for r in _status(b).replicas} == {"replica-a", "replica-b"}, 10)
+    assert wait_for(lambda: {r.replica_id for r in _status(b).replicas} == {"replica-a", "replica-b"}, 10)
     status = _status(b)
     assert (status.leader, status.answered_by, status.database) == ("replica-a", "replica-b", "postgresql")
     rows = {r.replica_id: r for r in status.replicas}
@@ -48,9 +39,9 @@ def test_two_replicas_one_leader_and_takeover(controller_factory, pg_url: str, t
 
     started = time.monotonic()
     a.stop(grace=0)
-    assert _wait_for(lambda: b.app.scheduler.elector.is_leader, 15)
+    assert wait_for(lambda: b.app.scheduler.elector.is_leader, 15)
     assert time.monotonic() - started < 15
-    assert _wait_for(lambda: _status(b).leader == "replica-b", 10)
+    assert wait_for(lambda: _status(b).leader == "replica-b", 10)
     assert _metrics(b)["slmops_leader"] == [({}, 1.0)]
 
 

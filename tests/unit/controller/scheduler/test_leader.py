@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,15 +12,7 @@ from sqlalchemy import create_engine, text
 from controller.scheduler.leader import LeaderElector, list_replicas
 from controller.store.db import Store, hold_sqlite_lock
 from shared.errors import FailedPrecondition
-
-
-def _wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
+from tests.fixtures.waiting import wait_for
 
 
 def test_sqlite_replica_always_leads(sqlite_store: Store) -> None:
@@ -38,7 +29,7 @@ def test_sqlite_replica_always_leads(sqlite_store: Store) -> None:
     [row] = list_replicas(sqlite_store)
     assert (row.replica_id, row.address, row.is_leader) == ("only", "127.0.0.1:1", True)
     first = row.last_seen
-    assert _wait_for(lambda: list_replicas(sqlite_store)[0].last_seen > first)  # heartbeats go on
+    assert wait_for(lambda: list_replicas(sqlite_store)[0].last_seen > first)  # heartbeats go on
     elector.stop()
     assert events == ["gain", "loss"]
     assert not list_replicas(sqlite_store)[0].is_leader
@@ -77,14 +68,14 @@ def test_one_postgres_leader_and_takeover_when_its_connection_dies(pg_url: str) 
             conn.execute(text("SELECT pg_terminate_backend(:p)"), {"p": backend})
         admin.dispose()
         assert held == 1
-        assert _wait_for(lambda: b.is_leader and not a.is_leader, 5.0), events
+        assert wait_for(lambda: b.is_leader and not a.is_leader, 5.0), events
         assert ("a", "loss") in events and ("b", "gain") in events
-        assert _wait_for(lambda: {r.replica_id for r in list_replicas(stores[0]) if r.is_leader} == {"b"})
+        assert wait_for(lambda: {r.replica_id for r in list_replicas(stores[0]) if r.is_leader} == {"b"})
         time.sleep(0.3)
         assert not a.is_leader  # a tries again but b holds the lock now
 
         b.stop()  # a clean stop releases the lock at once
-        assert _wait_for(lambda: a.is_leader, 5.0)
+        assert wait_for(lambda: a.is_leader, 5.0)
     finally:
         for elector in electors:
             elector.stop()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
 
 from controller.rollout import RolloutSpec, create_rollout, get_rollout
 from controller.scheduler.jobs import (
@@ -17,16 +16,8 @@ from controller.scheduler.jobs import (
     start_scheduler,
 )
 from controller.store.db import Store
+from tests.fixtures.waiting import wait_for
 from tests.unit.controller.rollout.fleet import Fleet
-
-
-def _wait_for(condition: Callable[[], bool], timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
 
 
 def test_hooks_run_periodically_and_survive_failures() -> None:
@@ -50,14 +41,14 @@ def test_hooks_run_periodically_and_survive_failures() -> None:
     )
     try:
         assert scheduler.job_names() == sorted([DRIFT_CHECK, JOB_PROMOTION])
-        assert _wait_for(lambda: calls["drift"] >= 3), calls
-        assert _wait_for(lambda: calls["dispatch"] == 1)  # once at start, then hourly
+        assert wait_for(lambda: calls["drift"] >= 3), calls
+        assert wait_for(lambda: calls["dispatch"] == 1)  # once at start, then hourly
         woke.clear()
         assert scheduler.wakeup(JOB_PROMOTION)
         assert woke.wait(5) and calls["dispatch"] == 2
         assert not scheduler.wakeup("no-such-job")
         scheduler.run_once("dispatch-one", dispatched.append, "job-7")
-        assert _wait_for(lambda: dispatched == ["job-7"])
+        assert wait_for(lambda: dispatched == ["job-7"])
     finally:
         scheduler.shutdown()
     assert not scheduler.running
@@ -86,12 +77,12 @@ def test_scheduled_rollout_tick_moves_a_rollout(sqlite_store: Store) -> None:
         for agent in wave0:
             fleet.converge(agent, now=time.time())
         scheduler.wakeup(ROLLOUT_TICK)  # what the servicer does after an install report
-        assert _wait_for(lambda: get_rollout(sqlite_store, rid).current_wave == 1)
+        assert wait_for(lambda: get_rollout(sqlite_store, rid).current_wave == 1)
         wave1 = [t.agent_id for t in get_rollout(sqlite_store, rid).targets if t.wave == 1]
         for agent in wave1:
             fleet.converge(agent, now=time.time())
         scheduler.wakeup(ROLLOUT_TICK)
-        assert _wait_for(lambda: get_rollout(sqlite_store, rid).state == "SUCCEEDED")
+        assert wait_for(lambda: get_rollout(sqlite_store, rid).state == "SUCCEEDED")
     finally:
         scheduler.shutdown()
 
@@ -112,6 +103,6 @@ def test_wakeup_during_a_run_runs_the_job_again() -> None:
         assert scheduler.wakeup(ROLLOUT_TICK)  # APScheduler alone would skip this: one instance at a time
         release.set()
         # At least once more (APScheduler may add its own early run after the first ends; ticks are idempotent).
-        assert _wait_for(lambda: len(runs) >= 2), runs
+        assert wait_for(lambda: len(runs) >= 2), runs
     finally:
         scheduler.shutdown()
