@@ -89,8 +89,7 @@ class AdminConnection:
         code = exc.code()  # type: ignore[attr-defined]
         where = f"{self.address} (from {self.source})"
         if code == grpc.StatusCode.UNAVAILABLE:
-            text = explain_unavailable(exc.details() or "", self.address, self.ca_label, self.insecure)  # type: ignore[attr-defined]
-            return Unavailable(text.replace(self.address, where, 1))
+            return Unavailable(explain_unavailable(exc.details() or "", where, self.ca_label, self.insecure))  # type: ignore[attr-defined]
         if code == grpc.StatusCode.DEADLINE_EXCEEDED and not self.ready(0.2):
             return Unavailable(
                 f"no answer from the controller at {where}: check the host and port, and that a firewall lets "

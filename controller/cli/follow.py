@@ -109,10 +109,6 @@ class LineFollower:
                 self._emit(f"{stage_label(job)} {text}")
         self.last_message = job.message
 
-    def finish(self, job: Any) -> None:
-        self.update(job)
-        self.running = ""
-
 
 def watch(stream: Iterable[Any], plain: bool | None = None) -> Any:
     """Follow ``stream`` (WatchJob replies) to its end; returns the last job seen (None if there was none)."""
@@ -126,8 +122,6 @@ def _watch_lines(stream: Iterable[Any]) -> Any:
     for job in stream:
         last = job
         follower.update(job)
-    if last is not None:
-        follower.finish(last)
     return last
 
 

@@ -7,7 +7,7 @@ import json
 
 from rich.table import Table
 
-from controller.cli.common import add_connection_flags, ago, connect, console
+from controller.cli.common import add_connection_flags, ago, connect, console, count_arg
 from controller.cli.output import add_output_flags, as_data, emit
 from shared.errors import InvalidArgument
 
@@ -50,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "prune",
         help="remove blobs no kept version references (never one a device runs or a rollback needs)",
     )
-    p.add_argument("--keep", type=int, default=0, help="newest versions to keep per model (default 0: all)")
+    p.add_argument("--keep", type=count_arg, default=0, help="newest versions to keep per model (default 0: all)")
     p.add_argument("--dry-run", action="store_true", help="list what would be removed; remove nothing")
     p.add_argument("--min-age", type=int, default=3600, help="never remove a blob stored less than S seconds ago")
     add_connection_flags(p)
@@ -169,8 +169,6 @@ def models_verify(args: argparse.Namespace) -> int:
 def models_prune(args: argparse.Namespace) -> int:
     from shared.pb import admin_pb2
 
-    if args.keep < 0:
-        raise InvalidArgument(f"--keep {args.keep}: give 0 (keep every version) or more")
     request = admin_pb2.PruneBlobsRequest(keep=args.keep, dry_run=args.dry_run, min_age_s=max(1, args.min_age))
     result = connect(args)("PruneBlobs", request, timeout=3600.0)
     verb = "would remove" if result.dry_run else "removed"

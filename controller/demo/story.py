@@ -55,7 +55,7 @@ def demo_profiles(source: Path, dest: Path) -> Path:
 @dataclass
 class DemoOptions:
     root: Path
-    recipe: Path = ROOT / "examples" / "recipes" / "demo.yaml"
+    recipe: Path = ROOT / "examples" / "recipes" / "quick.yaml"  # slmops demo; --full: demo.yaml
     profiles_dir: Path = ROOT / "examples" / "profiles"
     agents: list[str] = field(default_factory=lambda: ["cpu-int4", "cpu-fp32"])
     requests: int = 60

@@ -228,8 +228,8 @@ class JobManager:
         if self._thread and self._thread.is_alive():
             return
         if self.jobs != "local":
-            probe(ray_address(self.jobs))  # fail at start, naming the address, not in every job
-            log.info("build jobs run their stages on the Ray cluster at %s", ray_address(self.jobs))
+            probe(address := ray_address(self.jobs))  # fail at start, naming the address, not in every job
+            log.info("build jobs run their stages on the Ray cluster at %s", address)
         self.recover()
         self._stop.clear()
         self._thread = threading.Thread(target=self._loop, name="job-dispatcher", daemon=True)

@@ -84,7 +84,6 @@ class PipelineRunner:
         # (index, step, status, seconds) as each step starts and ends: "started", "cached", "ran", "failed",
         # "cancelled" (the job's step history; progress above is throttled, these never are)
         self.on_step = on_step or (lambda *_a: None)
-        self._index = 0
         self.cache = cache
         self.shared_cache_dir = Path(shared_cache_dir) if shared_cache_dir else self.work_root / ".cache"
         self.extras = extras or {}
@@ -111,12 +110,11 @@ class PipelineRunner:
         stage = get_stage(step.stage)
         config = stage.parse_config(step.config, f"step '{step.id}'")
         key = self._key(stage, config, step, done)
-        self._index = index
         hit = self.cache.get(key) if key and self.cache is not None else None
         if hit is not None:
             log.info("step %s: cached (%s)", step.id, key)
             self.on_progress(index, count, step, Progress(step.id, 1, 1, message="cached"))
-            self._record(step, "cached", key, 0.0)
+            self._record(index, step, "cached", key, 0.0)
             return StepOutcome(step, hit.outputs, hit.metrics, hit.digest, True, 0.0, key)
 
         work_dir = self.work_root / f"{index:02d}-{_safe(step.id)}"
@@ -142,7 +140,7 @@ class PipelineRunner:
         where = self.task_runner.describe() if stage.cacheable else "the job worker"
         log.info("step %s (%s): running in %s on %s", step.id, stage.name, work_dir, where)
         start = time.monotonic()
-        res = self._call(stage, config, ctx, step, key, start)
+        res = self._call(stage, config, ctx, step, key, index)
         seconds = time.monotonic() - start
         missing = [n for n, p in res.outputs.items() if not Path(p).exists()]
         if missing:
@@ -152,7 +150,7 @@ class PipelineRunner:
         if key and self.cache is not None:
             outputs = self.cache.put(key, work_dir, outputs, metrics, digest).outputs
         log.info("step %s: done in %.1f s", step.id, seconds)
-        self._record(step, "ran", key, seconds)
+        self._record(index, step, "ran", key, seconds)
         return StepOutcome(step, outputs, metrics, digest, False, seconds, key)
 
     def _key(self, stage: Stage, config: StageConfig, step: PipelineStep, done: RunResult) -> str:
@@ -165,30 +163,29 @@ class PipelineRunner:
         return self.cache.key(stage.name, stage.version, config_json, inputs, self.cache.path_digests(config_json))
 
     def _call(
-        self, stage: Stage, config: StageConfig, ctx: StageContext, step: PipelineStep, key: str, start: float
+        self, stage: Stage, config: StageConfig, ctx: StageContext, step: PipelineStep, key: str, index: int
     ) -> StageResult:
         """``stage.run``; failures become StageErrors naming the step (the run is recorded either way)."""
         runner = self.task_runner if stage.cacheable else self._here
+        start = time.monotonic()
         try:
             return runner.run_stage(stage, config, ctx, stage.resources_for(config))
         except Cancelled:
-            self._record(step, "cancelled", key, time.monotonic() - start)
+            self._record(index, step, "cancelled", key, time.monotonic() - start)
             raise
-        except StageError as exc:
-            self._record(step, "failed", key, time.monotonic() - start)
-            if exc.stage == step.id:
-                raise
-            raise StageError(step.id, exc.message.removeprefix(f"stage '{exc.stage}' failed: ")) from exc
-        except SlmopsError as exc:
-            self._record(step, "failed", key, time.monotonic() - start)
-            raise StageError(step.id, exc.message) from exc
         except Exception as exc:
-            self._record(step, "failed", key, time.monotonic() - start)
+            self._record(index, step, "failed", key, time.monotonic() - start)
+            if isinstance(exc, StageError) and exc.stage == step.id:
+                raise
+            if isinstance(exc, StageError):
+                raise StageError(step.id, exc.message.removeprefix(f"stage '{exc.stage}' failed: ")) from exc
+            if isinstance(exc, SlmopsError):
+                raise StageError(step.id, exc.message) from exc
             log.exception("step %s crashed", step.id)
             raise StageError(step.id, f"{type(exc).__name__}: {exc}") from exc
 
-    def _record(self, step: PipelineStep, status: str, key: str, seconds: float) -> None:
-        self.on_step(self._index, step, status, seconds)
+    def _record(self, index: int, step: PipelineStep, status: str, key: str, seconds: float) -> None:
+        self.on_step(index, step, status, seconds)
         self._log.append(
             {"id": step.id, "stage": step.stage, "status": status, "cache_key": key, "seconds": round(seconds, 3)}
         )

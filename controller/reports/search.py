@@ -14,7 +14,7 @@ from datetime import UTC
 from pathlib import Path
 from typing import Any
 
-from controller.factory.search.storage import open_storage, study_storage_url
+from controller.factory.search.storage import open_storage, redact, study_storage_url
 from controller.factory.search.study import best_trial
 from controller.factory.search.table import trial_table
 
@@ -120,7 +120,7 @@ def search_plots(db_url: str, since: float, until: float) -> dict[str, bytes]:
     try:
         studies = _studies(url, since, until)
     except Exception as exc:  # the report goes on without these plots
-        log.warning("search plots skipped: cannot read the studies at %s: %s", url.split("@")[-1], exc)
+        log.warning("search plots skipped: cannot read the studies at %s: %s", redact(url), exc)
         return {}
     plots: dict[str, bytes] = {}
     for study in studies:

@@ -8,7 +8,6 @@ functions) and pays nothing for the indirection. With ``max_workers > 1`` callab
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -16,14 +15,7 @@ from typing import Any
 
 from controller.factory.backends.base import TaskRunner
 from controller.factory.spec import Resources
-
-
-def available_cpus() -> int:
-    """CPUs this process may use (its affinity mask where the OS has one)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+from controller.factory.training.threads import available_cores
 
 
 class LocalTaskRunner(TaskRunner):
@@ -51,7 +43,7 @@ class LocalTaskRunner(TaskRunner):
             return self._pool.submit(fn, *args, **kwargs)
 
     def parallelism(self, resources: Resources) -> int:
-        by_cpu = int(available_cpus() // max(1.0, float(resources.num_cpus)))
+        by_cpu = int(available_cores() // max(1.0, float(resources.num_cpus)))
         return max(1, min(self.max_workers, by_cpu))
 
     def close(self) -> None:

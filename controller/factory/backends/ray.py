@@ -236,9 +236,7 @@ class RayTaskRunner(TaskRunner):
         from controller.factory.stage import Progress
 
         path = ctx.work_dir.parent / "ray-tasks.jsonl"
-        attempt = 1
-        if path.exists():
-            attempt += sum(1 for line in path.read_text().splitlines() if json.loads(line)["step"] == item["step"])
+        attempt = self._started.get(item["step"], {}).get("attempt", 0) + 1
         record = {k: item[k] for k in ("step", "pid", "node", "time")} | {"attempt": attempt}
         with path.open("a") as fh:
             fh.write(json.dumps(record) + "\n")

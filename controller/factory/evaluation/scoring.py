@@ -43,3 +43,16 @@ def known_tasks() -> list[str]:
 
     _import_tasks()
     return task_names()
+
+
+def score_pairs(task: str, pairs: list[tuple[str, str]]) -> dict[str, float]:
+    """Exact-match and valid-JSON rates of ``(prediction, reference)`` pairs by the task's scorer (``n`` pairs;
+    the rates are 0.0 for none)."""
+    score = load_scorer(task)
+    results = [score(p, r) for p, r in pairs]
+    n = len(results)
+    return {
+        "n": n,
+        "exact_match": sum(bool(r["exact"]) for r in results) / n if n else 0.0,
+        "valid_json": sum(bool(r["valid_json"]) for r in results) / n if n else 0.0,
+    }

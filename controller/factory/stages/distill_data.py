@@ -157,9 +157,9 @@ class DistillDataStage(Stage):
             folder = resolve_ref(ctx, config.teacher)
             check_model_ref(str(folder), f"{self.name}.teacher", "recipe")
             if config.device != "cuda":
-                from controller.factory.training.threads import configure_threads
+                from controller.factory.training.setup import start_training
 
-                ctx.progress(Progress(self.name, 0, 0, message=configure_threads(0, ctx.extras).describe()))
+                start_training(ctx, self.name, 0)  # the local teacher generates on these threads
             local = LocalTeacher(folder, config.batch_size, config.device)
             answers = local.answer(asked, config.temperature, config.max_new_tokens, on_progress, ctx.is_cancelled)
             metrics.update(teacher=str(folder))
@@ -208,16 +208,14 @@ class DistillDataStage(Stage):
 
 def teacher_vs_references(task: str, examples: list[Example], answers: list[str]) -> dict[str, Any]:
     """The teacher's accuracy on the prompts that carry a reference answer ({} when none does)."""
-    from controller.factory.evaluation.scoring import load_scorer
+    from controller.factory.evaluation.scoring import score_pairs
 
     refs = [(a, ex.response) for ex, a in zip(examples, answers, strict=True) if ex.response is not None]
     if not refs:
         return {}
-    score = load_scorer(task)
-    results = [score(a, r) for a, r in refs]
-    accuracy = sum(bool(r["exact"]) for r in results) / len(results)
-    out: dict[str, Any] = {"teacher_reference_accuracy": accuracy, "teacher_reference_n": len(results)}
+    scored = score_pairs(task, refs)
+    out: dict[str, Any] = {"teacher_reference_accuracy": scored["exact_match"], "teacher_reference_n": scored["n"]}
     if task:  # the names the bundled task's figures always had
-        out["teacher_exact_match"] = accuracy
-        out["teacher_valid_json"] = sum(bool(r["valid_json"]) for r in results) / len(results)
+        out["teacher_exact_match"] = scored["exact_match"]
+        out["teacher_valid_json"] = scored["valid_json"]
     return out

@@ -172,7 +172,7 @@ def _references(data_path: Any) -> list[str | None]:
 
 def holdout_figures(res: Any, data_path: Any, task: str, labelled: bool, label: str) -> dict[str, Any]:
     """Accuracy vs the hold-out file's own answers and agreement with the teacher, each named for what it is."""
-    from controller.factory.evaluation.scoring import load_scorer
+    from controller.factory.evaluation.scoring import score_pairs
 
     if not labelled:  # the file's own answers: accuracy is accuracy
         n = int(res.metrics.get("n", 0))
@@ -188,8 +188,7 @@ def holdout_figures(res: Any, data_path: Any, task: str, labelled: bool, label: 
     scored = [(p["prediction"], r) for p, r in zip(predictions, refs, strict=False) if r is not None]
     if not scored:
         return {"measures": "teacher_agreement", "teacher_agreement": agreement, "label": f"{label}: teacher agreement"}
-    score = load_scorer(task)
-    accuracy = sum(bool(score(p, r)["exact"]) for p, r in scored) / len(scored)
+    accuracy = score_pairs(task, scored)["exact_match"]
     out: dict[str, Any] = {"teacher_agreement": agreement, "reference_accuracy": accuracy, "reference_n": len(scored)}
     if len(scored) == len(predictions):  # every row has its own answer: the row reports true accuracy
         out.update(

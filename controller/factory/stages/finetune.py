@@ -35,7 +35,14 @@ from controller.factory.training.refs import (
     resolve_ref,
     source_of,
 )
-from controller.factory.training.setup import load_model, load_split, load_tokenizer, save_model, score_model
+from controller.factory.training.setup import (
+    load_model,
+    load_split,
+    load_tokenizer,
+    save_model,
+    score_model,
+    start_training,
+)
 from shared.errors import RecipeError
 
 log = logging.getLogger(__name__)
@@ -144,6 +151,7 @@ class FinetuneStage(Stage):
         return StageResult(outputs=outputs, metrics=metrics)
 
     def _train(self, config: FinetuneConfig, ctx: StageContext, base_dir: Any) -> tuple[Any, Any, dict[str, Any]]:
+        start_training(ctx, self.name, config.num_threads)
         train = load_split(ctx, config.data)
         val = load_split(ctx, config.validation)
         if config.method == "qlora":

@@ -36,7 +36,14 @@ from controller.factory.training.refs import (
     resolve_ref,
     source_of,
 )
-from controller.factory.training.setup import create_model, load_model, load_split, save_model, score_model
+from controller.factory.training.setup import (
+    create_model,
+    load_model,
+    load_split,
+    save_model,
+    score_model,
+    start_training,
+)
 from shared.errors import InvalidArgument
 
 log = logging.getLogger(__name__)
@@ -112,6 +119,7 @@ class TrainStudentStage(Stage):
     def run(self, config: StageConfig, ctx: StageContext) -> StageResult:
         assert isinstance(config, TrainStudentConfig)
         config, searched = apply_search(config, "student", ctx, self.name)
+        start_training(ctx, self.name, config.num_threads)
         train = load_split(ctx, config.data)
         val = load_split(ctx, config.validation)
         teacher_dir = resolve_ref(ctx, config.teacher) if config.teacher else None

@@ -37,7 +37,14 @@ from controller.factory.training.refs import (
     resolve_ref,
     source_of,
 )
-from controller.factory.training.setup import create_model, load_model, load_split, save_model, score_model
+from controller.factory.training.setup import (
+    create_model,
+    load_model,
+    load_split,
+    save_model,
+    score_model,
+    start_training,
+)
 
 log = logging.getLogger(__name__)
 
@@ -128,6 +135,7 @@ class TrainTeacherStage(Stage):
         return StageResult(outputs={"model": out}, metrics=metrics)
 
     def _train(self, config: TrainTeacherConfig, ctx: StageContext, dest: Path, metrics_file: Path) -> None:
+        start_training(ctx, self.name, config.num_threads)
         train = load_split(ctx, config.data)
         val = load_split(ctx, config.validation)
         tmp = dest.parent / f"{dest.name}.partial"

@@ -18,30 +18,20 @@ from controller.factory.training.refs import resolve_ref
 log = logging.getLogger(__name__)
 
 
-# Stages whose first load_split also sets torch's thread count (see training/threads.py).
-TRAINING_STAGES = frozenset({"train-teacher", "train-student", "finetune"})
-
-
 def load_split(ctx: StageContext, ref: str | None, limit: int | None = None) -> list[Example]:
-    """A dataset split; a training stage's first call also chooses its CPU threads (and says so)."""
-    start_training(ctx)
+    """A dataset split ([] when ``ref`` is empty)."""
     if not ref:
         return []
     return read_jsonl(resolve_ref(ctx, ref), require_response=True, limit=limit)
 
 
-def start_training(ctx: StageContext) -> None:
-    """Once per training step: choose the torch threads and show the choice as the step's progress line."""
-    step = ctx.extras.get("step")
-    stage = getattr(step, "stage", "")
-    if stage not in TRAINING_STAGES or "threads" in ctx.extras:
-        return
+def start_training(ctx: StageContext, stage: str, requested: int) -> None:
+    """Choose the torch threads for a training stage (``requested``: the recipe's ``num_threads``, 0 = choose)
+    and show the choice as the step's progress line."""
     from controller.factory.stage import Progress
     from controller.factory.training.threads import configure_threads
 
-    requested = getattr(step, "config", {}).get("num_threads", 0) or 0
-    choice = configure_threads(int(requested), ctx.extras)
-    ctx.extras["threads"] = choice.threads
+    choice = configure_threads(requested, ctx.extras)
     ctx.progress(Progress(stage, 0, 0, message=choice.describe()))
 
 

@@ -41,7 +41,7 @@ def test_lines_per_stage_with_periodic_progress_and_warnings() -> None:
     ]
     for update in updates:
         follower.update(update)
-    follower.finish(job(3, "publish", state=SUCCEEDED, steps=[*quick, ev(3, "publish", "ran", 1.0)]))
+    follower.update(job(3, "publish", state=SUCCEEDED, steps=[*quick, ev(3, "publish", "ran", 1.0)]))
     text = [re.sub(r"^\d\d:\d\d:\d\d ", "", line) for line in lines]
     assert text == [
         "[1/4] train-teacher started",
@@ -61,7 +61,7 @@ def test_a_failed_step_says_so_with_its_time() -> None:
     lines: list[str] = []
     follower = LineFollower(lines.append, interval_s=0)
     steps = [ev(0, "train-student", "started"), ev(0, "train-student", "failed", 3.0)]
-    follower.finish(job(0, "train-student", state=admin_pb2.JOB_STATE_FAILED, steps=steps))
+    follower.update(job(0, "train-student", state=admin_pb2.JOB_STATE_FAILED, steps=steps))
     assert [line[9:] for line in lines] == ["[1/4] train-student started", "[1/4] train-student failed after 3s"]
 
 

@@ -17,9 +17,19 @@ from controller.registry.blobstore import FileBlobStore
 from shared.errors import ConfigError, Unavailable
 
 
-@pytest.mark.parametrize("spec", ["local", "", " local ", "ray:auto", "ray://10.0.0.5:10001", "ray://head:1"])
-def test_valid_specs(spec: str) -> None:
-    assert check_spec(spec) in ("local", "ray:auto", spec.strip())
+@pytest.mark.parametrize(
+    ("spec", "normalised"),
+    [
+        ("local", "local"),
+        ("", "local"),
+        (" local ", "local"),
+        ("ray:auto", "ray:auto"),
+        ("ray://10.0.0.5:10001", "ray://10.0.0.5:10001"),
+        (" ray://head:1 ", "ray://head:1"),
+    ],
+)
+def test_valid_specs(spec: str, normalised: str) -> None:
+    assert check_spec(spec) == normalised
 
 
 @pytest.mark.parametrize("spec", ["ray", "ray:head:6379", "ray://head", "ray://head:port", "ray://:10001", "k8s"])

@@ -51,28 +51,20 @@ def test_running_jobs_are_counted_in_the_job_table(tmp_path: Path) -> None:
     store.close()
 
 
-def test_a_training_step_chooses_and_shows_its_threads_once(tmp_path: Path) -> None:
+def test_a_training_stage_chooses_and_shows_its_threads(tmp_path: Path) -> None:
     import torch
 
-    from controller.factory.pipeline import PipelineStep
     from controller.factory.stage import StageContext
-    from controller.factory.tasks import write_jsonl
-    from controller.factory.training.setup import load_split
+    from controller.factory.training.setup import start_training
 
-    data = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "a", "response": "b"}])
     seen: list = []
-    step = PipelineStep("train-student", "train-student", {"num_threads": 1})
-    ctx = StageContext(tmp_path, {"train": data}, progress=seen.append, extras={"step": step})
+    ctx = StageContext(tmp_path, {}, progress=seen.append)
     before = torch.get_num_threads()
     try:
-        assert len(load_split(ctx, "train")) == 1 and load_split(ctx, None) == []
-        assert torch.get_num_threads() == 1 and ctx.extras["threads"] == 1
-        assert [p.message for p in seen] == ["threads: 1 (num_threads in the recipe; "
-                                             f"{available_cores()} cores available)"]  # fmt: skip
-        other = StageContext(
-            tmp_path, {"train": data}, progress=seen.append, extras={"step": PipelineStep("e", "evaluate")}
-        )
-        load_split(other, "train")
-        assert len(seen) == 1  # not a training stage: no choice made
+        start_training(ctx, "train-student", 1)
+        assert torch.get_num_threads() == 1
+        assert [(p.stage, p.message) for p in seen] == [
+            ("train-student", f"threads: 1 (num_threads in the recipe; {available_cores()} cores available)")
+        ]
     finally:
         torch.set_num_threads(before)
