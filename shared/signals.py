@@ -21,6 +21,7 @@ of squares (for the mean-shift test ``controller/drift/detectors/mean_shift.py``
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
@@ -78,10 +79,17 @@ def request_signals(
     return out
 
 
-def bucket(edges: Sequence[float], value: float) -> int:
-    import bisect
-
+def bucket_index(edges: Sequence[float], value: float) -> int:
+    """Bucket i holds ``edges[i-1] <= value < edges[i]``; below edges[0] is bucket 0, above the last is -1."""
     return bisect.bisect_right(edges, value)
+
+
+def mean_std(n: float, total: float, total_sq: float) -> tuple[float, float]:
+    """Mean and sample standard deviation from a count, sum and sum of squares (std 0 below two values)."""
+    if not n:
+        return 0.0, 0.0
+    var = (total_sq - total * total / n) / (n - 1) if n > 1 else 0.0
+    return total / n, math.sqrt(max(var, 0.0))
 
 
 @dataclass
@@ -104,18 +112,14 @@ class SignalSummary:
 
     @property
     def mean(self) -> float:
-        return self.total / self.n if self.n else 0.0
+        return mean_std(self.n, self.total, self.total_sq)[0]
 
     @property
     def std(self) -> float:
-        n = self.n
-        if n < 2:
-            return 0.0
-        var = (self.total_sq - self.total * self.total / n) / (n - 1)
-        return math.sqrt(max(var, 0.0))
+        return mean_std(self.n, self.total, self.total_sq)[1]
 
     def add(self, value: float) -> None:
-        self.counts[bucket(SIGNAL_EDGES[self.name], value)] += 1
+        self.counts[bucket_index(SIGNAL_EDGES[self.name], value)] += 1
         self.total += value
         self.total_sq += value * value
 

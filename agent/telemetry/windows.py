@@ -9,7 +9,6 @@ sampling (``sample_prompts=True``), as a uniform sample capped per window.
 
 from __future__ import annotations
 
-import bisect
 import itertools
 import logging
 import math
@@ -20,7 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from shared.signals import SignalAccumulator, request_signals
+from shared.signals import SignalAccumulator, bucket_index, request_signals
 from shared.sketch import BloomFilter
 from shared.telemetry import MAX_PROMPT_CHARS, MAX_SAMPLED_PROMPTS, TelemetryWindowData
 
@@ -74,11 +73,6 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
     hi = min(lo + 1, n - 1)
     frac = pos - lo
     return float(sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * frac)
-
-
-def bucket_index(edges: Sequence[int], value: float) -> int:
-    """Bucket i holds ``edges[i-1] <= value < edges[i]``; below edges[0] is bucket 0, above the last is -1."""
-    return bisect.bisect_right(edges, value)
 
 
 @dataclass

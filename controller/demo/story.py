@@ -9,7 +9,6 @@ Everything goes through the same AdminService, AgentService and HTTP APIs an ope
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
@@ -27,7 +26,7 @@ from controller.cli.rollouts import print_rollout
 from controller.demo.fleet import TELEMETRY_WINDOW_S, LocalFleet
 from controller.demo.traffic import POOL_SIZE, Answer, Traffic, accuracy, p50_latency
 from controller.drift.config import config_for
-from controller.reports.evidence import evidence_lines
+from controller.reports.evidence import evidence_lines, parse_evidence
 from shared.errors import Unavailable
 from shared.pb import admin_pb2, common_pb2
 from shared.profiles import load_profiles
@@ -189,7 +188,7 @@ def show_evidence(fleet: LocalFleet, events: list[admin_pb2.DriftEvent]) -> None
         console.print(f"drift {e.event_id}: {e.kind} on {e.profile} ({e.detector}/{e.metric} "
                       f"{e.statistic:.3g} > {e.threshold:.3g}) -> {e.action} {e.job_id}")  # fmt: skip
         full = fleet.admin("GetDriftEvent", admin_pb2.DriftEventRequest(event_id=e.event_id))
-        evidence = json.loads(full.evidence_json or "{}")  # type: ignore[attr-defined]
+        evidence = parse_evidence(full.evidence_json)  # type: ignore[attr-defined]
         for line in evidence_lines(evidence):
             console.print("  " + escape(line), highlight=False)
 

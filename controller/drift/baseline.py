@@ -125,8 +125,10 @@ def merge_learned(
     learned: dict[str, Any],
     now: float,
     source: str = "canary",
+    mark_learned: bool = True,
 ) -> Baseline:
-    """Add figures the monitor learned to the row, creating it (with ``source``) when there is none."""
+    """Add figures to the row, creating it (with ``source``) when there is none. ``mark_learned``: the figures
+    were learned live by the monitor (tagged ``learned``), not measured by the factory."""
     row = load_baseline(session, profile, model_name, model_version)
     if row is None:
         row = Baseline(profile=profile, model_name=model_name, model_version=model_version, source=source)
@@ -135,7 +137,7 @@ def merge_learned(
         if key == HIST_KEY:
             row.prompt_len_hist_json = json.dumps(value)
         else:
-            metrics[key] = {**value, "learned": True} if isinstance(value, dict) else value
+            metrics[key] = {**value, "learned": True} if isinstance(value, dict) and mark_learned else value
     row.metrics_json = json.dumps(metrics)
     row.captured_at = row.captured_at or now
     session.add(row)
@@ -201,11 +203,6 @@ def store_references(store: Store, model_name: str, model_version: str, folders:
             if reference is None:
                 continue
             learned = reference_baseline(reference)
-            row = merge_learned(s, profile, model_name, model_version, learned, time.time(), source="evaluation")
-            metrics = json.loads(row.metrics_json)
-            for key in learned:  # factory figures, not learned live
-                if isinstance(metrics.get(key), dict):
-                    metrics[key].pop("learned", None)
-            row.metrics_json = json.dumps(metrics)
+            merge_learned(s, profile, model_name, model_version, learned, time.time(), "evaluation", mark_learned=False)
             done.append(profile)
     return done

@@ -124,12 +124,12 @@ def _check_group(
     fed_to = int(state.get("cursor_id", 0))
     findings: list[Finding] = []
     new = [w for w in windows if (w.id or 0) > fed_to]
+    if not new:
+        return []
     with store.session() as s:
         signals = load_signals(s, [w.id or 0 for w in new])
     for w in new:
         findings.extend(watch.feed(w, signals.get(w.id or 0)))
-    if not new:
-        return []
     created: list[tuple[DriftEventRow, Booking | None]] = []
     with store.session() as s:
         if watch.learned:
@@ -139,9 +139,10 @@ def _check_group(
         row.last_window_end = max(row.last_window_end, *(w.end_unix for w in new))
         row.updated_at = now
         s.add(row)
+        audited = audited_summary(s, *group) if findings else None
         for f in sorted(findings, key=lambda finding: action_for(finding.kind) != "retrain"):  # stable: retrains first
             decision = decide(s, profile.drift_policy, config, profile_name, model_name, f.kind, now)
-            event = _event_row(group, f, decision, profile.drift_policy, now, audited_summary(s, *group))
+            event = _event_row(group, f, decision, profile.drift_policy, now, audited)
             hold(event, decision, config, f.window_end)  # a waiting retrain is started by dispatch_waiting
             s.add(event)
             created.append((event, decision.booking))

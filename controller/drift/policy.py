@@ -26,7 +26,8 @@ from sqlmodel import Session
 from controller.drift.config import DriftConfig
 from controller.drift.events import DriftEvent, DriftEventNotFound
 from controller.store.db import Store
-from controller.store.tables import DriftEventRow, KeyValue
+from controller.store.kv import get_value, put_value
+from controller.store.tables import DriftEventRow
 from shared.errors import FailedPrecondition, SlmopsError
 
 log = logging.getLogger(__name__)
@@ -68,37 +69,26 @@ def retrain_count_key(profile: str, now: float) -> str:
     return f"drift.retrains/{profile}/{datetime.fromtimestamp(now, UTC):%Y-%m-%d}"
 
 
-def _get(session: Session, key: str) -> str:
-    row = session.get(KeyValue, key)
-    return row.value if row else ""
-
-
-def _put(session: Session, key: str, value: str) -> None:
-    row = session.get(KeyValue, key) or KeyValue(key=key)
-    row.value = value
-    session.add(row)
-
-
 def retrains_today(session: Session, profile: str, now: float) -> int:
-    return int(_get(session, retrain_count_key(profile, now)) or 0)
+    return int(get_value(session, retrain_count_key(profile, now)) or 0)
 
 
 def _record_action(session: Session, profile: str, model_name: str, action: str, now: float) -> Booking:
-    booking = Booking(now, _get(session, cooldown_key(profile, model_name)))
-    _put(session, cooldown_key(profile, model_name), repr(now))
+    booking = Booking(now, get_value(session, cooldown_key(profile, model_name)))
+    put_value(session, cooldown_key(profile, model_name), repr(now))
     if action == "retrain":
-        _put(session, retrain_count_key(profile, now), str(retrains_today(session, profile, now) + 1))
+        put_value(session, retrain_count_key(profile, now), str(retrains_today(session, profile, now) + 1))
     return booking
 
 
 def _release_action(session: Session, profile: str, model_name: str, action: str, booking: Booking) -> None:
     """Undo :func:`_record_action` for an action that failed to start; the cooldown goes back to what it was
     unless another action has booked it since."""
-    if _get(session, cooldown_key(profile, model_name)) == repr(booking.at):
-        _put(session, cooldown_key(profile, model_name), booking.previous_cooldown)
+    if get_value(session, cooldown_key(profile, model_name)) == repr(booking.at):
+        put_value(session, cooldown_key(profile, model_name), booking.previous_cooldown)
     if action == "retrain":
         count = retrains_today(session, profile, booking.at)
-        _put(session, retrain_count_key(profile, booking.at), str(max(0, count - 1)))
+        put_value(session, retrain_count_key(profile, booking.at), str(max(0, count - 1)))
 
 
 def decide(
@@ -111,7 +101,7 @@ def decide(
         return Decision("none", "drift policy is off for this profile")
     if mode == "approve":
         return Decision("pending_approval", f"{wanted} waits for approval (drift policy: approve)")
-    last = _get(session, cooldown_key(profile, model_name))
+    last = get_value(session, cooldown_key(profile, model_name))
     if last and now - float(last) < config.cooldown_s:
         return Decision(
             "cooldown",

@@ -29,13 +29,14 @@ from typing import Any, Protocol
 
 from sqlmodel import Session, col, select
 
-from controller.drift.audited import Tally, load_tally, same_answer, tally_key, wilson
+from controller.drift.audited import Tally, load_tally, same_answer, tally_key
 from controller.drift.baseline import baseline_metrics, load_baseline
 from controller.drift.config import config_for
 from controller.drift.events import DriftEvent
 from controller.drift.policy import Booking, DriftActions, decide, dispatch
 from controller.store.db import Store
-from controller.store.tables import DriftEventRow, KeyValue, SampledPrompt
+from controller.store.kv import get_value, put_value
+from controller.store.tables import DriftEventRow, SampledPrompt
 from controller.telemetry.extras import forget_answers, load_answers
 from shared.profiles import DeviceProfile
 
@@ -50,17 +51,6 @@ class Teacher(Protocol):
 
 
 TeacherFor = Callable[[DeviceProfile, str, str], Teacher | None]  # (profile, model name, version) -> teacher
-
-
-def _kv(session: Session, key: str, default: str = "") -> str:
-    row = session.get(KeyValue, key)
-    return row.value if row is not None and row.value else default
-
-
-def _set_kv(session: Session, key: str, value: str) -> None:
-    row = session.get(KeyValue, key) or KeyValue(key=key)
-    row.value = value
-    session.add(row)
 
 
 @dataclass
@@ -92,7 +82,7 @@ def run_audit(
 def _pending(store: Store, profile: DeviceProfile, budget: int) -> list[tuple[SampledPrompt, str]]:
     """Sampled prompts of the profile with an answer, after the cursor, at most ``budget`` answered ones."""
     with store.session() as s:
-        cursor = int(_kv(s, CURSOR_PREFIX + profile.name, "0"))
+        cursor = int(get_value(s, CURSOR_PREFIX + profile.name, "0"))
         rows = list(
             s.exec(
                 select(SampledPrompt)
@@ -119,7 +109,7 @@ def _audit_profile(
     settings = profile.audit
     calls_key = f"{CALLS_PREFIX}{profile.name}/{int(now // 3600)}"
     with store.session() as s:
-        budget = settings.calls_per_hour - int(_kv(s, calls_key, "0"))
+        budget = settings.calls_per_hour - int(get_value(s, calls_key, "0"))
     if budget <= 0:
         return
     pending = _pending(store, profile, budget)
@@ -147,8 +137,8 @@ def _audit_profile(
         if event is not None:
             run.events.append(event)
     with store.session() as s:
-        _set_kv(s, calls_key, str(int(_kv(s, calls_key, "0")) + calls))
-        _set_kv(s, CURSOR_PREFIX + profile.name, str(max(r.id or 0 for r, _ in pending)))
+        put_value(s, calls_key, str(int(get_value(s, calls_key, "0")) + calls))
+        put_value(s, CURSOR_PREFIX + profile.name, str(max(r.id or 0 for r, _ in pending)))
         forget_answers(s, [r.id or 0 for r, _ in pending])
 
 
@@ -169,7 +159,7 @@ def _record(
         tally.updated = now
         reference = baseline_metrics(load_baseline(s, profile.name, model_name, version))
         row, booking = _drop_event(s, profile, model_name, version, tally, reference, now)
-        _set_kv(s, tally_key(profile.name, model_name, version), json.dumps(asdict(tally)))
+        put_value(s, tally_key(profile.name, model_name, version), json.dumps(asdict(tally)))
     if row is None:
         return None
     if actions is not None:
@@ -190,7 +180,8 @@ def _drop_event(
     ref = reference.get("reference_accuracy", reference.get("accuracy"))
     if tally.event_id or ref is None or len(tally.recent) < profile.audit.min_audits:
         return None, None
-    low, high = wilson(sum(tally.recent), len(tally.recent))
+    summary = tally.summary()
+    low, high = summary["recent"]["ci95"]
     if high >= float(ref) - profile.audit.max_drop:
         return None, None
     config = config_for(profile)
@@ -199,7 +190,7 @@ def _drop_event(
         "detector": "teacher_audit",
         "metric": "audited_accuracy",
         "direction": "down",
-        "audit": tally.summary(),
+        "audit": summary,
         "reference_accuracy": float(ref),
         "reference_n": reference.get("reference_n"),
         "max_drop": profile.audit.max_drop,

@@ -14,8 +14,9 @@ from typing import Any
 
 from sqlalchemy import delete, insert
 from sqlalchemy.engine import Connection
-from sqlmodel import Session, col, select
+from sqlmodel import Session, col
 
+from controller.store.kv import get_values
 from controller.store.tables import KeyValue
 from shared.signals import SignalSummary
 
@@ -50,24 +51,16 @@ def save_answers(conn: Connection, prompt_ids: Sequence[int], answers: Sequence[
 
 def load_signals(session: Session, window_ids: Iterable[int]) -> dict[int, dict[str, SignalSummary]]:
     """Window id -> its signal summaries (windows without signals are left out)."""
-    keys = [signals_key(i) for i in window_ids]
     out: dict[int, dict[str, SignalSummary]] = {}
-    for start in range(0, len(keys), 500):
-        rows = session.exec(select(KeyValue).where(col(KeyValue.key).in_(keys[start : start + 500]))).all()
-        for row in rows:
-            raw = json.loads(row.value or "{}")
-            wid = int(row.key.removeprefix(SIGNALS_PREFIX))
-            out[wid] = {name: SignalSummary.from_dict(name, value) for name, value in raw.items()}
+    for key, value in get_values(session, [signals_key(i) for i in window_ids]).items():
+        raw = json.loads(value or "{}")
+        out[int(key.removeprefix(SIGNALS_PREFIX))] = {n: SignalSummary.from_dict(n, v) for n, v in raw.items()}
     return out
 
 
 def load_answers(session: Session, prompt_ids: Iterable[int]) -> dict[int, str]:
-    keys = [answer_key(i) for i in prompt_ids]
-    out: dict[int, str] = {}
-    for start in range(0, len(keys), 500):
-        rows = session.exec(select(KeyValue).where(col(KeyValue.key).in_(keys[start : start + 500]))).all()
-        out.update({int(r.key.removeprefix(ANSWER_PREFIX)): r.value for r in rows})
-    return out
+    found = get_values(session, [answer_key(i) for i in prompt_ids])
+    return {int(key.removeprefix(ANSWER_PREFIX)): value for key, value in found.items()}
 
 
 def forget_answers(session: Session, prompt_ids: Iterable[int]) -> None:

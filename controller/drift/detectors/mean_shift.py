@@ -28,6 +28,7 @@ from controller.drift.base import (
     Target,
 )
 from controller.drift.registry import register_detector
+from shared.signals import mean_std
 
 
 class MeanShiftParams(DetectorParams):
@@ -42,12 +43,6 @@ class MeanShiftSettings(DetectorSettings):
     signal_z_threshold: float = Field(5.0, ge=2, description="Welch z (standard errors) a signal's mean must pass")
     signal_min_count: int = Field(100, ge=2, description="requests the recent windows must hold to be tested")
     signal_min_effect: float = Field(0.2, ge=0, description="smallest shift that counts, in reference std units")
-
-
-def _stats(n: float, total: float, total_sq: float) -> tuple[float, float]:
-    mean = total / n
-    var = (total_sq - total * total / n) / (n - 1) if n > 1 else 0.0
-    return mean, math.sqrt(max(var, 0.0))
 
 
 @register_detector("mean_shift")
@@ -96,7 +91,7 @@ class MeanShift(Detector):
         n, total, total_sq = self._recent(value)
         if n < self.p.min_count:
             return None
-        mean, std = _stats(n, total, total_sq)
+        mean, std = mean_std(n, total, total_sq)
         ref = self.reference
         se = math.sqrt(ref["std"] ** 2 / ref["n"] + std**2 / n)
         diff = mean - ref["mean"]
@@ -117,7 +112,7 @@ class MeanShift(Detector):
             self.learning[i] += float(value[key])
         n, total, total_sq = self.learning
         if n >= self.p.learn_count:
-            mean, std = _stats(n, total, total_sq)
+            mean, std = mean_std(n, total, total_sq)
             self.reference = {"mean": mean, "std": std, "n": int(n), "learned": True}
             self.learning = [0.0, 0.0, 0.0]
 
