@@ -37,6 +37,7 @@ from agent.install.http_fetch import HttpFetch  # noqa: E402
 from agent.install.transfer import RetryPolicy, download_file  # noqa: E402
 from agent.install.tuning import tune_malloc_for_streaming  # noqa: E402
 from controller.core.tls import load_or_create  # noqa: E402
+from controller.demo.fleet import free_port  # noqa: E402
 from controller.registry.blobs import BlobStore  # noqa: E402
 from controller.registry.http_artifacts import ArtifactHttpServer, artifact_gate, server_tls_context  # noqa: E402
 from controller.registry.urltokens import UrlTokens  # noqa: E402
@@ -221,7 +222,7 @@ def tls_proxy(http_base: str, tls_dir: Path) -> tuple[subprocess.Popen | None, s
     installed (nginx is the production choice; the bench machine has neither by default): (process, https base)."""
     if shutil.which("socat") is None:
         return None, ""
-    port = _free_port()
+    port = free_port()
     upstream = http_base.rsplit(":", 1)[1]
     listen = f"OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,verify=0"
     listen += f",cert={tls_dir / 'server.pem'},key={tls_dir / 'server.key'}"
@@ -235,12 +236,6 @@ def tls_proxy(http_base: str, tls_dir: Path) -> tuple[subprocess.Popen | None, s
             time.sleep(0.05)
     proc.kill()
     return None, ""
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _split(spawned: tuple) -> tuple:

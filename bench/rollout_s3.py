@@ -3,7 +3,7 @@ is S3 (moto's S3 server on 127.0.0.1, as tests/fixtures/s3.py starts it), a tiny
 to it, ``--agents`` real agents (threads of this process, each serving the model on its own port), one rollout to
 all of them. Agents download every file from presigned GET URLs, so ``controller_artifact_bytes`` (the controller's
 ``slmops_controller_artifact_bytes_total``, HTTP(S) and gRPC together) must stay 0 while
-``bytes_from_store`` (files x agents) moved.
+``s3_bytes_from_store`` (files x agents) moved.
 
 The model: ``--model-dir`` or the int4 folder the test fixture ``tiny_og_model`` caches under .cache/tests/.
 """
@@ -11,7 +11,6 @@ The model: ``--model-dir`` or the int4 folder the test fixture ``tiny_og_model``
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import tempfile
 import threading
@@ -46,9 +45,7 @@ def _moto() -> tuple[object, str]:
 
     for var, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing")):
         os.environ.setdefault(var, value)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()
     return server, f"http://127.0.0.1:{port}"

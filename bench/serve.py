@@ -41,7 +41,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from serve_batching import LEVELS, bench_paths, logprobs_cost, stream_breakdown, summary  # noqa: E402
+from serve_batching import LEVELS, _p95, bench_paths, logprobs_cost, stream_breakdown, summary  # noqa: E402
 from serve_limits import bench_big_bodies  # noqa: E402
 
 from shared.genai_seed import GREEDY_SEED  # noqa: E402
@@ -261,13 +261,12 @@ def bench_concurrent(url: str, clients: int, per_client: int, tokens: int) -> di
     for t in threads:
         t.join()
     wall = time.perf_counter() - start
-    lat = sorted(latencies)
-    p95 = lat[min(len(lat) - 1, int(0.95 * len(lat)))] if lat else float("nan")
+    p95 = _p95(latencies)
     return {
         "clients": clients,
         "requests": clients * per_client,
         "tokens_per_s": produced[0] / wall,
-        "latency_p50_ms": 1000 * statistics.median(lat) if lat else float("nan"),
+        "latency_p50_ms": 1000 * statistics.median(latencies) if latencies else float("nan"),
         "latency_p95_ms": 1000 * p95,
         "errors": len(errors),
         "error_samples": errors[:3],

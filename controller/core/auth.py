@@ -28,19 +28,28 @@ def digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+def load_or_create_secret(path: Path, make: Callable[[], str], what: str) -> str:
+    """The secret kept in ``path``, created 0600 with ``make()`` on first start. Replicas sharing a data dir may
+    start at once: the one that loses the race to create the file reads the winner's."""
+    if path.exists():
+        return path.read_text().strip()
+    secret = make()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secret + "\n")
+    log.info("created the %s in %s", what, path)
+    return secret
+
+
 def load_or_create_admin_token(path: Path, given: str = "") -> str:
     """The admin token: given explicitly, or kept in ``path`` (created 0600 on first start)."""
     if given:
         return given
-    if path.exists():
-        return path.read_text().strip()
-    token = "slmadm_" + secrets.token_urlsafe(32)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(token + "\n")
-    log.info("created the admin token in %s", path)
-    return token
+    return load_or_create_secret(path, lambda: "slmadm_" + secrets.token_urlsafe(32), "admin token")
 
 
 def check_admin(expected: str, presented: str) -> None:

@@ -11,11 +11,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import os
 import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from controller.core.auth import load_or_create_secret
 
 log = logging.getLogger(__name__)
 DEFAULT_TTL_S = 15 * 60
@@ -34,19 +35,8 @@ def load_or_create_key(data_dir: Path, given: str = "") -> bytes:
     """The HMAC key: ``given`` (a shared setting), else ``<data_dir>/artifact_token.key`` (created 0600)."""
     if given:
         return given.encode()
-    path = Path(data_dir) / KEY_FILE
-    if path.exists():
-        return path.read_text().strip().encode()
-    key = secrets.token_urlsafe(32)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another replica on the same data dir won the race
-        return path.read_text().strip().encode()
-    with os.fdopen(fd, "w") as fh:
-        fh.write(key + "\n")
-    log.info("created the artifact URL token key in %s", path)
-    return key.encode()
+    made = load_or_create_secret(Path(data_dir) / KEY_FILE, lambda: secrets.token_urlsafe(32), "artifact URL token key")
+    return made.encode()
 
 
 class UrlTokens:

@@ -153,13 +153,7 @@ class LeaderElector:
             self.lock_timeout_s,
         )
         self._gave_up = True
-        if self._leader:
-            self._leader = False
-            if self._on_loss is not None:
-                try:
-                    self._on_loss()
-                except Exception:
-                    log.exception("leader loss callback failed")
+        self._set_role(False)
         conn = self._conn
         if conn is not None:
             _shutdown_socket(conn)  # the election thread's call fails now; it closes the connection

@@ -14,20 +14,17 @@ from sqlmodel import Session, col, select
 from controller.factory.jobs import claim_next_job
 from controller.store.db import Store
 from controller.store.tables import Job
-from tests.fixtures.stores import drop_pg_schema, make_pg_schema, pg_schema_url
 
 
 @pytest.fixture
-def pg_stores() -> Iterator[tuple[Store, Store]]:
-    schema = make_pg_schema()
-    a = Store(pg_schema_url(schema))
-    b = Store(pg_schema_url(schema))
+def pg_stores(pg_url: str) -> Iterator[tuple[Store, Store]]:
+    """Two stores on one fresh PostgreSQL schema: two controller replicas' views of the database."""
+    a, b = Store(pg_url), Store(pg_url)
     try:
         yield a, b
     finally:
         a.close()
         b.close()
-        drop_pg_schema(schema)
 
 
 def _queue(store: Store, n: int) -> list[str]:
