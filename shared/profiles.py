@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from shared.errors import ConfigError, UnknownProfile
 
@@ -102,15 +102,10 @@ class DeviceProfile(BaseModel):
     sample_cap: int = Field(default=20, ge=0)
     # The task's output JSON schema; with enforce_schema, agents of this profile guide every chat request by it
     # unless the request sets its own output constraint (response_format {"type": "text"} opts out). Issue #16.
+    # A model version's own schema (the factory publishes its task's, or one derived from its JSON answers) wins;
+    # this one serves versions that carry none.
     output_schema: dict[str, Any] | None = None
     enforce_schema: bool = False
-
-    @field_validator("enforce_schema")
-    @classmethod
-    def _schema_to_enforce(cls, v: bool, info: ValidationInfo) -> bool:
-        if v and not info.data.get("output_schema"):
-            raise ValueError("enforce_schema needs an output_schema (the task's output JSON schema)")
-        return v
 
     # Drift thresholds per profile (see controller/drift); unknown keys are refused there.
     drift: dict[str, float] = Field(default_factory=dict)

@@ -75,7 +75,10 @@ def task_schema(manifest: Any, profile: Any) -> tuple[dict[str, Any] | None, boo
             log.warning("the profile's output_schema_json is not JSON; serving without a task schema")
     if profile is not None and getattr(profile, "enforce_schema", False):
         enforce = True
-    return (schema if isinstance(schema, dict) else None), enforce
+    schema = schema if isinstance(schema, dict) else None
+    if enforce and schema is None:
+        log.warning("enforce_schema is set but neither the model version nor the profile has an output schema")
+    return schema, enforce
 
 
 @dataclass

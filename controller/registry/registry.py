@@ -46,6 +46,8 @@ class VariantSpec:
     # Golden prompts with THIS variant's outputs: {"prompt", "messages" (JSON), "expected", "max_new_tokens"}.
     golden: list[dict[str, str]] = field(default_factory=list)
     adapter_of: str = ""
+    # The task's output JSON schema (agents can enforce it by guided decoding); None: free text.
+    output_schema: dict[str, Any] | None = None
 
 
 def numeric_metrics(metrics: dict[str, Any]) -> dict[str, float]:
@@ -132,6 +134,7 @@ class Registry:
                     lineage=lineage,
                     golden=spec.golden,
                     adapter_of=spec.adapter_of,
+                    output_schema=spec.output_schema,
                     created_unix=now,
                 )
                 data = manifest.to_json()

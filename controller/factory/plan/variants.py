@@ -217,9 +217,11 @@ def plan_publish(ctx: PlanContext) -> None:
             if planner.has(f"{artifact}@{name}"):
                 inputs[f"variants[{i}].{port}"] = f"{artifact}@{name}"
     inputs["lineage_hashes.data_hash"] = "student-data"  # the student's training data, hashed at publish time
+    inputs["schema_data"] = "student-data"  # without a task schema, the version's is derived from its answers
     if planner.has(SEARCH_CONFIG):
         inputs["search"] = SEARCH_CONFIG  # the best configuration and the trial summary go in the lineage
-    planner.add("publish", "publish", {"name": recipe.name, "variants": variants, "lineage": lineage}, inputs)
+    config = {"name": recipe.name, "variants": variants, "lineage": lineage, "task": recipe.data.task}
+    planner.add("publish", "publish", config, inputs)
 
 
 def _teacher_lineage(ctx: PlanContext) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from controller.factory.stage import (
     register_stage,
 )
 from controller.factory.stageio import resolve_input
+from controller.factory.tasks.schema import version_schema
 from controller.registry.registry import Registry, VariantSpec
 from controller.registry.versions import check_model_name
 from shared.errors import InvalidArgument, RecipeError, StageError
@@ -58,6 +59,9 @@ class PublishConfig(StageConfig):
     lineage: dict[str, Any] = Field(default_factory=dict)
     # Lineage entries computed from earlier outputs' content: {"data_hash": "distill-data.train"}.
     lineage_hashes: dict[str, str] = Field(default_factory=dict)
+    # The version's output schema: the task's, else derived from the JSON answers in ``schema_data`` (a dataset).
+    task: str = ""
+    schema_data: str = ""
     # A search step's best_config.json: the best configuration and the trial table go in the lineage.
     search: str | None = Field(None, exclude_if=lambda v: v is None)
 
@@ -80,6 +84,7 @@ class PublishStage(Stage):
         Port("variants[].parent_holdout_evaluation", "metrics", optional=True),
         Port("lineage_hashes.*", "any", optional=True),
         Port("search", "any", optional=True, doc=PORT_DOC),
+        Port("schema_data", "dataset", optional=True),
     )
     outputs = (Port("published", "published"),)
     resources = Resources(num_cpus=1, memory_mb=1024)
@@ -98,6 +103,8 @@ class PublishStage(Stage):
             raise StageError(self.name, "no registry was given to this pipeline run (ctx.extras['registry'])")
         ctx.check_cancelled()
         ctx.progress(Progress(self.name, 0, 1, message=f"publishing {config.name}"))
+        data = resolve_input(ctx, config.schema_data) if config.schema_data else None
+        schema = version_schema(config.task, data)
         specs = []
         for v in config.variants:
             metrics: dict[str, Any] = {}
@@ -117,6 +124,7 @@ class PublishStage(Stage):
                     metrics=metrics,
                     golden=golden,
                     adapter_of=v.adapter_of,
+                    output_schema=schema,
                 )
             )
         lineage = dict(config.lineage)

@@ -102,3 +102,17 @@ def derive_schema_from_jsonl(path: Path, limit: int = 0) -> dict[str, Any]:
 
     examples = read_jsonl(Path(path), require_response=True, limit=limit or None)
     return derive_schema(ex.response or "" for ex in examples)
+
+
+def version_schema(task: str, data: Path | None) -> dict[str, Any] | None:
+    """The output schema a published version carries: its task's own, else one derived from the JSON answers of
+    the data its student learned (``data``); None when the task has none and the answers are not all JSON."""
+    from controller.factory.evaluation.guided import schema_for
+
+    schema = schema_for({"task": task}) if task else None
+    if schema is not None or data is None:
+        return schema
+    try:
+        return derive_schema_from_jsonl(data)
+    except InvalidArgument:
+        return None  # free-text answers: nothing to enforce

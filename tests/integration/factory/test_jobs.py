@@ -14,6 +14,7 @@ import yaml
 
 from controller.factory.jobs import FINAL_STATES, JobManager
 from controller.factory.pb import job_to_pb
+from controller.factory.tasks import get_task
 from controller.registry.blobs import BlobStore
 from controller.registry.registry import Registry
 from controller.store.db import Store
@@ -117,6 +118,7 @@ def test_build_job_end_to_end_then_rerun_from_cache(manager: JobManager) -> None
     for variant in info.variants:
         manifest = registry.verify_variant(variant)
         assert manifest.golden and manifest.metrics["n"] == 4
+        assert manifest.output_schema == get_task("smart-building").output_schema()  # agents can enforce it
         assert verify(variant.manifest_json, variant.signature, registry.public_key_pem).ref == "tiny-demo:1"
     pb = job_to_pb(job)
     assert pb.state == admin_pb2.JOB_STATE_SUCCEEDED and pb.result.version == "1"

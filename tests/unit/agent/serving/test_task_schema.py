@@ -7,6 +7,7 @@ import json
 from agent.serving.service import Serving, ServingConfig, task_schema
 from shared.manifest import Manifest
 from shared.pb import common_pb2
+from shared.profiles import DeviceProfile
 
 SCHEMA = {"type": "object", "properties": {"a": {"type": "integer"}}}
 
@@ -21,6 +22,10 @@ def test_version_schema_wins_and_profile_fills_in() -> None:
     assert task_schema(_manifest(), profile) == ({"type": "string"}, True)
     assert task_schema(_manifest(output_schema=SCHEMA, enforce_schema=True), None) == (SCHEMA, True)
     assert task_schema(_manifest(), None) == (None, False)
+    # a profile that only asks for enforcement: the schema each version publishes is enforced
+    enforcing = common_pb2.Profile(name="p", enforce_schema=True)
+    assert task_schema(_manifest(output_schema=SCHEMA), enforcing) == (SCHEMA, True)
+    assert DeviceProfile(name="p", precision="int4", enforce_schema=True).output_schema is None
     broken = common_pb2.Profile(name="p", output_schema_json="{not json")
     assert task_schema(_manifest(), broken) == (None, False)
 

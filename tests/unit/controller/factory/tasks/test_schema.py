@@ -51,3 +51,16 @@ def test_derive_schema_types_enums_and_errors() -> None:
     assert derive_schema(['"on"', '"off"']) == {"type": "string", "enum": ["off", "on"]}
     with pytest.raises(InvalidArgument, match="answer 1 is not JSON"):
         derive_schema(['{"a": 1}', "not json"])
+
+
+def test_a_version_carries_its_tasks_schema_else_one_derived_from_its_answers(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from controller.factory.tasks.schema import version_schema
+
+    assert version_schema("smart-building", None) == get_task("smart-building").output_schema()
+    own = tmp_path / "own.jsonl"
+    own.write_text("".join(json.dumps({"prompt": f"p{i}", "response": json.dumps({"n": i})}) + "\n" for i in range(3)))
+    derived = version_schema("", own)
+    assert derived is not None and derived["properties"]["n"]["type"] == "integer"
+    text = tmp_path / "text.jsonl"
+    text.write_text(json.dumps({"prompt": "p", "response": "free text"}) + "\n")
+    assert version_schema("", text) is None and version_schema("", None) is None
