@@ -108,10 +108,13 @@ class AdminService(admin_pb2_grpc.AdminServiceServicer):
     def PruneBlobs(
         self, request: admin_pb2.PruneBlobsRequest, context: grpc.ServicerContext
     ) -> admin_pb2.PruneBlobsResponse:
+        from controller.factory.backends.packed import referenced
+        from controller.factory.worker import data_paths
         from controller.registry.prune import DEFAULT_MIN_AGE_S, prune
 
         min_age = request.min_age_s or DEFAULT_MIN_AGE_S
-        r = prune(self.app.store, self.app.blobs, request.keep, request.dry_run, min_age)
+        cached = referenced(data_paths(self.app.settings.data_dir)["stage_cache"])
+        r = prune(self.app.store, self.app.blobs, request.keep, request.dry_run, min_age, cached)
         removed = [admin_pb2.PrunedBlob(sha256=b.sha256, size=b.size) for b in r.removed]
         return admin_pb2.PruneBlobsResponse(
             removed=removed,

@@ -189,9 +189,10 @@ def reference_baseline(reference: Any) -> dict[str, Any]:
 
 
 def store_references(store: Store, model_name: str, model_version: str, folders: dict[str, Any]) -> list[str]:
-    """Copy each variant's ``drift_reference.json`` (profile -> variant folder) into its baseline row: the
-    signals' reference distributions under ``signal:<name>`` and the validation accuracy under
-    ``reference_accuracy`` / ``reference_n`` (what the teacher audit compares with). Returns the profiles done."""
+    """Copy each variant's ``drift_reference.json`` (profile -> variant folder, or the reference already read)
+    into its baseline row: the signals' reference distributions under ``signal:<name>`` and the validation
+    accuracy under ``reference_accuracy`` / ``reference_n`` (what the teacher audit compares with). Returns the
+    profiles done."""
     from pathlib import Path
 
     from shared.signals import DriftReference
@@ -199,7 +200,10 @@ def store_references(store: Store, model_name: str, model_version: str, folders:
     done = []
     with store.session() as s:
         for profile, folder in folders.items():
-            reference = DriftReference.load(Path(folder))
+            # a folder, or the reference itself (publish read it from the blob store) or None
+            reference = (
+                folder if folder is None or isinstance(folder, DriftReference) else DriftReference.load(Path(folder))
+            )
             if reference is None:
                 continue
             learned = reference_baseline(reference)

@@ -6,7 +6,8 @@ so every key is known before anything runs (``slmops build --plan`` prints them)
 (``publish``, ``registry-variant``) has no key; steps reading from it use the digest of what it produced
 instead (:func:`input_key`). A hit reuses the stored outputs without running the stage.
 
-Entries are immutable folders ``<root>/<key>/`` holding the stage's work dir and ``result.json``; they are
+Entries are immutable folders ``<root>/<key>/`` holding the stage's work dir and ``result.json`` (for a step
+that ran on a Ray worker, the work dir holds only the index of its files in the blob store); they are
 written by renaming a finished work dir into place, so a half-written entry is never visible. File hashes are
 memoised by (path, size, mtime) so large model folders are hashed once.
 """
@@ -22,9 +23,13 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from controller.factory.backends import packed
 from shared.manifest import sha256_file
+
+if TYPE_CHECKING:
+    from controller.registry.blobstore.base import BlobStore
 
 log = logging.getLogger(__name__)
 
@@ -95,10 +100,11 @@ def input_key(stage: str, key: str, digest: str = "") -> str:
 
 
 def output_digest(outputs: dict[str, Path], fp: Fingerprints) -> str:
+    """One digest of a step's outputs (on disk, or in the blob store behind an index: the same figure)."""
     digest = hashlib.sha256()
     for name in sorted(outputs):
         path = Path(outputs[name])
-        digest.update(f"{name}\0{fp.path(path) if path.exists() else 'missing'}\n".encode())
+        digest.update(f"{name}\0{packed.digest(path, fp) if packed.exists(path) else 'missing'}\n".encode())
     return digest.hexdigest()
 
 
@@ -111,7 +117,10 @@ class CachedStep:
 
 
 class StageCache:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, blobs: BlobStore | None = None) -> None:
+        """``blobs``: the store holding the files of entries that ran on Ray workers (a hit whose blobs are
+        gone is a miss)."""
+        self.blobs = blobs
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.fingerprints = Fingerprints(self.root / "filehash.json")
@@ -142,10 +151,14 @@ class StageCache:
         except (ValueError, OSError):
             return None
         outputs = {n: _resolve(entry, p) for n, p in data["outputs"].items()}
-        if not all(p.exists() for p in outputs.values()):
+        if not all(packed.exists(p) for p in outputs.values()) or not self._blobs_present(entry):
             log.warning("cache entry %s lost an output; ignoring it", key)
             return None
         return CachedStep(key, outputs, data.get("metrics", {}), data["digest"])
+
+    def _blobs_present(self, entry: Path) -> bool:
+        rows = packed.read_index(entry) if self.blobs is not None else None
+        return rows is None or all(self.blobs.exists(sha) for _rel, sha, _size in rows)  # type: ignore[union-attr]
 
     def put(
         self, key: str, work_dir: Path, outputs: dict[str, Path], metrics: dict[str, Any], digest: str

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from controller.factory.backends import packed
 from controller.factory.backends.base import TaskRunner
 from controller.factory.backends.local import LocalTaskRunner
 from controller.factory.cache import Fingerprints, StageCache, input_key, output_digest
@@ -142,7 +143,7 @@ class PipelineRunner:
         start = time.monotonic()
         res = self._call(stage, config, ctx, step, key, index)
         seconds = time.monotonic() - start
-        missing = [n for n, p in res.outputs.items() if not Path(p).exists()]
+        missing = [n for n, p in res.outputs.items() if not packed.exists(Path(p))]
         if missing:
             raise StageError(step.id, f"the stage reported outputs that do not exist: {', '.join(missing)}")
         digest = output_digest(res.outputs, self._fp)

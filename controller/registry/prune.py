@@ -3,7 +3,8 @@
 1. With ``keep`` > 0, each model's versions beyond its newest ``keep`` are removed from the registry, except a
    version some device has installed, that a rollout names as a device's previous version (what a rollback
    installs), or that a live rollout is rolling out.
-2. Then every blob that no remaining manifest references is deleted from the blob store. A blob younger than
+2. Then every blob that no remaining manifest references (nor an entry of the stage cache, whose steps that ran
+   on Ray workers keep their files in the store) is deleted from the blob store. A blob younger than
    ``min_age_s`` is never deleted: a publish uploads its blobs before it writes the registry rows, so a fresh
    unreferenced blob may belong to a publish in progress.
 
@@ -78,14 +79,20 @@ def referenced(variants: Iterable[VariantRow], skip: set[tuple[str, str]]) -> se
 
 
 def prune(
-    store: Store, blobs: BlobStore, keep: int = 0, dry_run: bool = False, min_age_s: float = DEFAULT_MIN_AGE_S
+    store: Store,
+    blobs: BlobStore,
+    keep: int = 0,
+    dry_run: bool = False,
+    min_age_s: float = DEFAULT_MIN_AGE_S,
+    also_keep: frozenset[str] | set[str] = frozenset(),
 ) -> PruneResult:
+    """``also_keep``: blobs needed outside the registry (the stage cache's entries built on Ray workers)."""
     if keep < 0:
         raise InvalidArgument(f"--keep {keep}: keep at least 0 versions per model (0 keeps all of them)")
     result = PruneResult(dry_run=dry_run)
     with store.session() as s:
         doomed = versions_to_remove(s, keep)
-        needed = referenced(s.exec(select(VariantRow)).all(), set(doomed))
+        needed = referenced(s.exec(select(VariantRow)).all(), set(doomed)) | set(also_keep)
     result.removed_versions = [f"{n}:{v}" for n, v in doomed]
     cutoff = time.time() - min_age_s
     for sha in blobs.iterate():

@@ -26,7 +26,7 @@ from controller.registry.versions import ModelVersionInfo, check_model_name, nex
 from controller.store.db import Store
 from controller.store.tables import Baseline, ModelVersionRow, VariantRow
 from shared.errors import IntegrityError, InvalidArgument, NotFound, Unavailable
-from shared.manifest import Manifest, key_id, public_pem, sign, verify
+from shared.manifest import FileEntry, Manifest, key_id, public_pem, sign, verify
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,9 @@ class VariantSpec:
     adapter_of: str = ""
     # The task's output JSON schema (agents can enforce it by guided decoding); None: free text.
     output_schema: dict[str, Any] | None = None
+    # The folder's files when they are already blobs in this registry's store (built on a Ray worker, which
+    # stored them): registered by digest, nothing is read or copied. None: store the files of ``folder``.
+    stored_files: list[FileEntry] | None = None
 
 
 def numeric_metrics(metrics: dict[str, Any]) -> dict[str, float]:
@@ -89,6 +92,9 @@ class Registry:
         """Every variant's files into the blob store, before any registry row is written."""
         stored = []
         for spec in variants:
+            if spec.stored_files is not None:
+                stored.append((spec, self._check_stored(name, spec)))
+                continue
             if not Path(spec.folder).is_dir():
                 raise NotFound(f"variant folder for profile '{spec.profile}' does not exist: {spec.folder}")
             try:
@@ -103,6 +109,29 @@ class Registry:
                     "nothing was published (the registry is unchanged)"
                 ) from exc
         return stored
+
+    def _check_stored(self, name: str, spec: VariantSpec) -> list[FileEntry]:
+        """``spec.stored_files``, each checked to be in the store with its size (a stat, no bytes read)."""
+        files = list(spec.stored_files or [])
+        for entry in files:
+            try:
+                size = self.blobs.size(entry.sha256)
+            except NotFound as exc:
+                raise NotFound(
+                    f"publishing '{name}' failed: {spec.profile}/{entry.path} (blob {entry.sha256[:12]}…) is not in "
+                    f"the blob store ({self.blobs.description}) though its step's index names it (was the store "
+                    "changed?); rebuild after removing <data dir>/cache/stages; nothing was published"
+                ) from exc
+            except Unavailable as exc:
+                raise Unavailable(
+                    f"publishing '{name}' failed: {exc.message}; nothing was published (the registry is unchanged)"
+                ) from exc
+            if size != entry.size:
+                raise IntegrityError(
+                    f"publishing '{name}' failed: {spec.profile}/{entry.path} is {size} bytes in the blob store, "
+                    f"{entry.size} in its step's index; nothing was published"
+                )
+        return files
 
     def _commit(
         self, name: str, stored: list[tuple[VariantSpec, list[Any]]], lineage: dict[str, Any], job_id: str
@@ -233,6 +262,18 @@ class Registry:
         if check_blobs:
             for entry in manifest.files:
                 verify_blob(self.blobs, entry)
+        return manifest
+
+    def signed_files(self, name: str, version: str, profile: str) -> Manifest:
+        """The variant's signed manifest, its signature checked and each file's blob present with its size (a
+        stat each, no bytes read): for a Ray worker that will fetch the files from the store itself."""
+        row = self.variant(name, version, profile)
+        manifest = self.verify_variant(row, check_blobs=False)
+        for entry in manifest.files:
+            if self.blobs.size(entry.sha256) != entry.size:
+                raise IntegrityError(
+                    f"{row.name}:{row.version}/{profile}: {entry.path} has the wrong size in the store"
+                )
         return manifest
 
     def materialize(self, name: str, version: str, profile: str, dest: Path) -> Manifest:

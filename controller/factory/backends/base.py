@@ -24,6 +24,8 @@ class TaskRunner(ABC):
     name: str = "abstract"
     #: Where the runner sends work: "" runs in this process; else e.g. "ray://10.0.0.5:10001" (for messages).
     address: str = ""
+    #: True when stage outputs stay in the blob store and the job worker holds only their index (packed.py).
+    outputs_in_store: bool = False
 
     @abstractmethod
     def submit(self, fn: Callable[..., Any], /, *args: Any, resources: Resources, **kwargs: Any) -> Future[Any]:

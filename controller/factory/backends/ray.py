@@ -23,9 +23,10 @@ from concurrent.futures import Future, InvalidStateError
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from controller.factory.backends import packed
 from controller.factory.backends.base import TaskRunner
 from controller.factory.backends.remote import Inbox, StageTask, call, execute
-from controller.factory.backends.transfer import Packed, blob_config, materialize, open_blobs, pack
+from controller.factory.backends.transfer import Packed, blob_config, open_blobs, pack
 from controller.factory.cache import config_paths
 from controller.factory.spec import Resources
 from shared.errors import Cancelled, StageError, UnsupportedOnThisMachine
@@ -82,6 +83,7 @@ class RayTaskRunner(TaskRunner):
 
         self.address = address
         self.transfer = transfer
+        self.outputs_in_store = transfer
         # Inside a Ray task (a stage submitting trials) this process is connected already.
         self._owns_connection = not ray.is_initialized()
         if self._owns_connection:
@@ -199,11 +201,13 @@ class RayTaskRunner(TaskRunner):
             blobs = open_blobs(config_blobs, data_dir)
             fp = ctx.extras.get("fingerprints")
             for path in {*map(str, ctx.inputs.values()), *config_paths(config_json)}:
-                key = str(path)
-                if key not in self._packs and Path(path).exists():
-                    self._packs[key] = pack(blobs, Path(path), fp)
-                if key in self._packs:
-                    packs[key] = self._packs[key]
+                if (found := packed.covering(Path(path))) is not None:  # an earlier step's outputs, in the store
+                    packs[str(found[0])] = Packed(str(found[0]), found[1], remote=True)
+                    continue
+                if path not in self._packs and Path(path).exists():
+                    self._packs[path] = pack(blobs, Path(path), fp)
+                if path in self._packs:
+                    packs[path] = self._packs[path]
         return StageTask(
             job_id=str(ctx.extras.get("job_id", "")),
             step_id=ctx.extras["step"].id,
@@ -277,18 +281,17 @@ class RayTaskRunner(TaskRunner):
         return out
 
     def _finish(self, out: dict[str, Any], ctx: StageContext, step_id: str) -> StageResult:
+        """The step's result on the controller: its work dir holds only the index of the blobs the task stored
+        (``packed.py``); outputs name paths under it. Nothing is copied back."""
         from controller.factory.stage import StageResult
 
         remote_dir = Path(out["work_dir"])
-        packed: Packed | None = out.get("packed")
-        if remote_dir != ctx.work_dir or not ctx.work_dir.exists():
-            if packed is None:
-                raise StageError(step_id, "its outputs stayed on the Ray worker: no blob store to bring them back")
-            data_dir = Path(ctx.extras.get("data_dir") or ctx.work_dir.parent)
-            materialize(open_blobs(blob_config(data_dir), data_dir), packed, ctx.work_dir)
+        stored: Packed | None = out.get("packed")
+        if stored is not None and remote_dir != ctx.work_dir:
+            packed.write_index(ctx.work_dir, stored.files)
+        elif remote_dir != ctx.work_dir or not ctx.work_dir.exists():
+            raise StageError(step_id, "its outputs stayed on the Ray worker: no blob store to bring them back")
         outputs = {n: ctx.work_dir / p[4:] if p.startswith("rel:") else Path(p) for n, p in out["outputs"].items()}
-        if packed is not None:
-            self._packs[str(ctx.work_dir)] = Packed(str(ctx.work_dir), packed.files)
         return StageResult(outputs=outputs, metrics=out["metrics"])
 
 

@@ -1,8 +1,9 @@
 """What runs inside a Ray task for one pipeline step (imported on the worker; no Ray import at module level).
 
 The job worker sends a :class:`StageTask` (plain data: the stage's name and config, its inputs' paths and
-packs, the picklable extras) and an *inbox* actor. The task rebuilds the stage and its context, runs it, packs
-its work dir into the blob store and returns a plain dict (``status`` ok | error | cancelled | crash): no
+packs, the picklable extras) and an *inbox* actor. The task rebuilds the stage and its context, runs it in a
+scratch folder of its own (inputs materialised from the blob store), packs its work dir into the store, removes
+the scratch and returns a plain dict (``status`` ok | error | cancelled | crash): no
 exception has to survive pickling across Python processes. While it runs, it puts into the inbox a ``started``
 record (its pid and node, so a test or an operator can find the process), throttled progress updates and its
 log records; the job worker drains them into the Job row and ``job.log``. ``is_cancelled`` asks the inbox,
@@ -24,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from controller.factory.backends.transfer import Packed, localize, open_blobs, pack
+from controller.factory.backends.transfer import Packed, localize, open_blobs, pack, unlocalize
 from shared.errors import Cancelled, SlmopsError
 
 PROGRESS_EVERY_S = 0.25
@@ -120,24 +121,33 @@ class _Relay:
         return self._cancelled
 
 
-def _work_dir(task: StageTask) -> Path:
-    """The step's own work dir when this node shares the controller's disk, else a scratch folder."""
-    wanted = Path(task.work_dir)
-    if wanted.parent.is_dir() and os.access(wanted.parent, os.W_OK):
-        path = wanted
-    else:
-        path = Path(tempfile.gettempdir()) / "slmops-ray" / task.job_id / wanted.name
+def _task_dir(task: StageTask) -> Path | None:
+    """The task's own scratch folder (its work dir and materialised inputs, removed when it ends); None when
+    the task works in the step's work dir in place (no blob store: every node shares the controller's disk)."""
+    if task.blob_config is None:
+        return None
+    base = Path(tempfile.gettempdir()) / "slmops-ray" / (task.job_id or "job")
+    base.mkdir(parents=True, exist_ok=True)
+    name = Path(task.work_dir).name
+    for stale in base.glob(f"{name}-*"):  # left by an attempt whose worker died (Ray retries the step)
+        shutil.rmtree(stale, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{name}-", dir=base))
+
+
+def _work_dir(task: StageTask, task_dir: Path | None) -> Path:
+    path = Path(task.work_dir) if task_dir is None else task_dir / Path(task.work_dir).name
     if path.exists():
         shutil.rmtree(path)  # a retried attempt starts clean
     path.mkdir(parents=True)
     return path
 
 
-def _rel_outputs(outputs: dict[str, Path], work_dir: Path) -> dict[str, str]:
+def _rel_outputs(outputs: dict[str, Path], work_dir: Path, seen: dict[str, str]) -> dict[str, str]:
+    """Outputs as "rel:<path in the work dir>", or the controller-side path of an input passed on."""
     rel, root = {}, work_dir.resolve()
     for name, path in outputs.items():
         p = Path(path).resolve()
-        rel[name] = f"rel:{p.relative_to(root).as_posix()}" if p.is_relative_to(root) else str(p)
+        rel[name] = f"rel:{p.relative_to(root).as_posix()}" if p.is_relative_to(root) else unlocalize(str(p), seen)
     return rel
 
 
@@ -164,14 +174,19 @@ def execute(task: StageTask, inbox: Any) -> dict[str, Any]:
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(min(root.level or logging.INFO, logging.INFO))
+    task_dir = _task_dir(task)
     try:
         blobs = None if task.blob_config is None else open_blobs(task.blob_config, Path(task.data_dir))
-        work_dir = _work_dir(task)
-        scratch = Path(tempfile.gettempdir()) / "slmops-ray" / task.job_id / "inputs"
-        inputs = {k: Path(localize(v, task.packs, blobs, scratch)) for k, v in task.inputs.items()}
+        work_dir = _work_dir(task, task_dir)
+        scratch = (task_dir or Path(tempfile.gettempdir()) / "slmops-ray" / task.job_id) / "inputs"
+        seen: dict[str, str] = {}
+
+        def here(path: str) -> str:
+            return localize(path, task.packs, blobs, scratch, seen)
+
+        inputs = {k: Path(here(v)) for k, v in task.inputs.items()}
         stage = get_stage(task.stage)
-        raw = _localize_config(task.config, lambda v: localize(v, task.packs, blobs, scratch))
-        config = stage.parse_config(raw, f"step '{task.step_id}'")
+        config = stage.parse_config(_localize_config(task.config, here), f"step '{task.step_id}'")
         ctx = StageContext(
             work_dir=work_dir,
             inputs=inputs,
@@ -179,7 +194,7 @@ def execute(task: StageTask, inbox: Any) -> dict[str, Any]:
             cache_dir=Path(task.cache_dir),
             progress=relay.progress,
             is_cancelled=relay.is_cancelled,
-            extras=dict(task.extras),
+            extras={**task.extras, "blob_config": task.blob_config},  # the search sends its trials' inputs so
         )
         try:
             result = stage.run(config, ctx)
@@ -193,7 +208,7 @@ def execute(task: StageTask, inbox: Any) -> dict[str, Any]:
         packed = pack(blobs, work_dir) if blobs is not None else None
         return {
             "status": "ok",
-            "outputs": _rel_outputs(result.outputs, work_dir),
+            "outputs": _rel_outputs(result.outputs, work_dir, seen),
             "metrics": result.metrics,
             "work_dir": str(work_dir),
             "packed": packed,
@@ -201,6 +216,8 @@ def execute(task: StageTask, inbox: Any) -> dict[str, Any]:
         }
     finally:
         root.removeHandler(handler)
+        if task_dir is not None:
+            shutil.rmtree(task_dir, ignore_errors=True)
 
 
 def call(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

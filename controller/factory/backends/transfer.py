@@ -1,11 +1,12 @@
 """Stage outputs through the blob store, for runners whose tasks run on other machines.
 
-A stage task that finishes *packs* its work dir: every file goes into the controller's blob store (content
-addressed, so an unchanged file is stored once) and the task returns the list of (relative path, sha256, size).
-A later task *materialises* an input that is not on its node from such a pack into a scratch folder; the job
-worker materialises a task's outputs into the step's work dir when they are not on its disk (the stage cache
-and ``publish`` read them there). On one machine, or with a shared filesystem, every path is already present
-and nothing is copied.
+A stage task works in a scratch folder of its node and, when it finishes, *packs* it: every file goes into the
+controller's blob store (content addressed, so an unchanged file is stored once) and the task returns the list
+of (relative path, sha256, size). The job worker records that list as the step's index (``packed.py``), never
+the files: the stage cache keeps the index, and ``publish`` registers the blobs by digest. A later task
+*materialises* an input from its pack into its own scratch folder (hard links from a filesystem store on the
+same machine, a download from S3 elsewhere) and removes it when it ends. Inputs that exist on the task's node
+(a user's dataset named in the recipe, on a shared filesystem) are used in place.
 
 The store is the one the controller was configured with (``blob_store`` in its settings, recorded in
 ``<data_dir>/blob_store.json``): the S3 backend in a real cluster, whose credentials each worker takes from
@@ -38,6 +39,8 @@ class Packed:
     root: str
     # (path relative to root, "" for a single file; sha256; size)
     files: list[tuple[str, str, int]] = field(default_factory=list)
+    # True: ``root`` on the controller holds only an index (the files are in the store, never used in place)
+    remote: bool = False
 
 
 def blob_config(data_dir: Path) -> dict[str, Any]:
@@ -106,13 +109,31 @@ def materialize(blobs: BlobStore, packed: Packed, dest: Path) -> Path:
     return dest
 
 
-def localize(path: str, packs: dict[str, Packed], blobs: BlobStore | None, scratch: Path) -> str:
-    """``path`` if it exists on this node; else where its pack was materialised under ``scratch``."""
-    if os.path.exists(path) or blobs is None:
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def localize(
+    path: str, packs: dict[str, Packed], blobs: BlobStore | None, scratch: Path, seen: dict[str, str] | None = None
+) -> str:
+    """Where ``path`` is on this node: materialised from its pack under ``scratch`` when the pack is remote
+    (only an index on the controller) or the path is not on this node; else ``path`` itself. ``seen`` records
+    each materialised root (local root -> original root)."""
+    if blobs is None:
         return path
     for root, packed in packs.items():
-        if path == root or path.startswith(root.rstrip("/") + "/"):
+        if _under(path, root) and (packed.remote or not os.path.exists(path)):
             local_root = scratch / hashlib.sha256(root.encode()).hexdigest()[:16] / Path(root).name
             materialize(blobs, packed, local_root)
+            if seen is not None:
+                seen[str(local_root)] = root
             return str(local_root / os.path.relpath(path, root)) if path != root else str(local_root)
+    return path
+
+
+def unlocalize(path: str, seen: dict[str, str]) -> str:
+    """The controller-side path of a path under a materialised root (an output that passes an input on)."""
+    for local_root, root in seen.items():
+        if _under(path, local_root):
+            return root if path == local_root else os.path.join(root, os.path.relpath(path, local_root))
     return path

@@ -32,9 +32,10 @@ def write_best_config(path: Path, doc: dict[str, Any]) -> Path:
     return path
 
 
-def read_best_config(path: Path) -> dict[str, Any]:
+def read_best_config(path: Path, data: bytes | None = None) -> dict[str, Any]:
+    """The search's ``best_config.json`` at ``path`` (``data``: its content, read from the blob store)."""
     try:
-        doc = json.loads(Path(path).read_text())
+        doc = json.loads(Path(path).read_bytes() if data is None else data)
     except (OSError, ValueError) as exc:
         raise StageError("search", f"cannot read the search's best configuration {path}: {exc}") from exc
     if not isinstance(doc, dict) or not isinstance(doc.get("stages"), dict):

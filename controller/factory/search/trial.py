@@ -193,7 +193,8 @@ def localize(job: TrialJob, work: Path) -> TrialJob:
     if job.finetune is not None:
         finetune = {**job.finetune, "data": local.get("finetune_data", local["data"])}
     evaluation = {**job.evaluation, "data": local["validation"]}
-    return replace(job, student=student, finetune=finetune, evaluation=evaluation, payload={})
+    base_model = local.get("model", job.base_model)
+    return replace(job, student=student, finetune=finetune, evaluation=evaluation, base_model=base_model, payload={})
 
 
 def violations(metrics: dict[str, Any], budgets: dict[str, float]) -> dict[str, float]:

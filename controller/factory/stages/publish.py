@@ -15,6 +15,8 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from controller.drift.baseline import store_references
+from controller.factory.backends import packed
+from controller.factory.cache import Fingerprints
 from controller.factory.search.best import PORT_DOC, lineage_entry, read_best_config
 from controller.factory.stage import (
     Port,
@@ -28,9 +30,12 @@ from controller.factory.stage import (
 )
 from controller.factory.stageio import resolve_input
 from controller.factory.tasks.schema import version_schema
+from controller.registry.blobstore.base import BlobStore
 from controller.registry.registry import Registry, VariantSpec
 from controller.registry.versions import check_model_name
 from shared.errors import InvalidArgument, RecipeError, StageError
+from shared.manifest import FileEntry
+from shared.signals import REFERENCE_FILE, DriftReference
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +71,6 @@ class PublishConfig(StageConfig):
     search: str | None = Field(None, exclude_if=lambda v: v is None)
 
 
-def _read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())
-
-
 @register_stage
 class PublishStage(Stage):
     name = "publish"
@@ -103,62 +104,93 @@ class PublishStage(Stage):
             raise StageError(self.name, "no registry was given to this pipeline run (ctx.extras['registry'])")
         ctx.check_cancelled()
         ctx.progress(Progress(self.name, 0, 1, message=f"publishing {config.name}"))
-        data = resolve_input(ctx, config.schema_data) if config.schema_data else None
-        schema = version_schema(config.task, data)
+        blobs = registry.blobs
+        schema = _schema(ctx, config, blobs)
         specs = []
         for v in config.variants:
             metrics: dict[str, Any] = {}
             if v.evaluation:
-                metrics = _read_json(resolve_input(ctx, v.evaluation))
+                metrics = _read_json(resolve_input(ctx, v.evaluation), blobs)
                 if metrics.get("skipped"):
                     log.warning("variant %s is published without metrics: %s", v.profile, metrics.get("reason"))
-            metrics.update(_holdout_metrics(ctx, v))
-            golden = _read_json(resolve_input(ctx, v.golden)) if v.golden else []
+            metrics.update(_holdout_metrics(ctx, v, blobs))
+            golden = _read_json(resolve_input(ctx, v.golden), blobs) if v.golden else []
+            folder = resolve_input(ctx, v.model)
             specs.append(
                 VariantSpec(
                     profile=v.profile,
                     precision=v.precision,
                     execution_provider=v.execution_provider,
-                    folder=resolve_input(ctx, v.model),
+                    folder=folder,
                     runtime=v.runtime,
                     metrics=metrics,
                     golden=golden,
                     adapter_of=v.adapter_of,
                     output_schema=schema,
+                    stored_files=_stored_files(folder),
                 )
             )
         lineage = dict(config.lineage)
-        fp = ctx.extras.get("fingerprints")
+        fp = ctx.extras.get("fingerprints") or Fingerprints()
         for key, ref in config.lineage_hashes.items():
-            path = resolve_input(ctx, ref)
-            lineage[key] = fp.path(path) if fp is not None else _sha(path)
+            lineage[key] = packed.digest(resolve_input(ctx, ref), fp)
         if config.search:
             summary = ctx.upstream_metrics.get("search")
-            lineage["search"] = lineage_entry(read_best_config(resolve_input(ctx, config.search)), summary)
+            best_path = resolve_input(ctx, config.search)
+            best = read_best_config(best_path, packed.read_bytes(best_path, blobs))
+            lineage["search"] = lineage_entry(best, summary)
         ctx.check_cancelled()
         version = registry.publish(config.name, specs, lineage, str(ctx.extras.get("job_id", "")))
         # the drift reference a variant ships (signal-reference stage) is the version's baseline from the start
-        store_references(registry.store, config.name, version, {spec.profile: spec.folder for spec in specs})
+        references = {spec.profile: _reference(spec.folder, blobs) for spec in specs}
+        store_references(registry.store, config.name, version, references)
         out = ctx.work_dir / "published.json"
         out.write_text(json.dumps({"name": config.name, "version": version}))
         ctx.progress(Progress(self.name, 1, 1, message=f"published {config.name}:{version}"))
         return StageResult(outputs={"published": out}, metrics={"name": config.name, "version": version})
 
 
-def _holdout_metrics(ctx: StageContext, v: PublishVariant) -> dict[str, float]:
+def _read_json(path: Path, blobs: BlobStore) -> Any:
+    """A JSON output of an earlier step: from disk, or from the blob store when the step ran elsewhere."""
+    return json.loads(packed.read_bytes(Path(path), blobs))
+
+
+def _schema(ctx: StageContext, config: PublishConfig, blobs: BlobStore) -> dict[str, Any] | None:
+    data = resolve_input(ctx, config.schema_data) if config.schema_data else None
+    if data is None or not packed.is_remote(data):
+        return version_schema(config.task, data)
+    with packed.open_text(data, blobs) as stream:
+        return version_schema(config.task, data, stream)
+
+
+def _stored_files(folder: Path) -> list[FileEntry] | None:
+    """The variant's files as blobs already in the store (it was built on a Ray worker), else None."""
+    rows = packed.entries(folder)
+    if rows is None:
+        return None
+    if not rows:
+        raise StageError("publish", f"the variant folder {folder} holds no files (see its step's index)")
+    return sorted((FileEntry(rel, sha, size) for rel, sha, size in rows), key=lambda e: e.path)
+
+
+def _reference(folder: Path, blobs: BlobStore) -> DriftReference | None:
+    path = Path(folder) / REFERENCE_FILE
+    if not packed.exists(path):
+        return None
+    try:
+        return DriftReference.from_dict(json.loads(packed.read_bytes(path, blobs)))
+    except ValueError as exc:
+        raise InvalidArgument(f"{path}: malformed drift reference: {exc}") from exc
+
+
+def _holdout_metrics(ctx: StageContext, v: PublishVariant, blobs: BlobStore) -> dict[str, float]:
     """``holdout_accuracy``/``holdout_n`` and the parent's ``parent_holdout_accuracy`` (what the loop compares)."""
     out: dict[str, float] = {}
     for prefix, ref in (("holdout", v.holdout_evaluation), ("parent_holdout", v.parent_holdout_evaluation)):
         if not ref:
             continue
-        m = _read_json(resolve_input(ctx, ref))
+        m = _read_json(resolve_input(ctx, ref), blobs)
         if not m.get("skipped"):
             out[f"{prefix}_accuracy"] = float(m["accuracy"])
             out[f"{prefix}_n"] = float(m.get("n", 0))
     return out
-
-
-def _sha(path: Path) -> str:
-    from controller.factory.cache import Fingerprints
-
-    return Fingerprints().path(path)

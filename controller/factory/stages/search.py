@@ -19,8 +19,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from controller.factory.search import payload
 from controller.factory.search.best import best_config, write_best_config
-from controller.factory.search.payload import pack_file, pack_tokenizer
 from controller.factory.search.space import SearchSection, apply_to_config, from_stored, split_params
 from controller.factory.search.storage import input_identity, redact, study_name, study_storage_url
 from controller.factory.search.study import SearchRun, best_trial, run_study
@@ -159,7 +159,8 @@ class _TrialJobs:
         self.paths = {k: str(resolve_ref(ctx, v)) for k, v in refs.items() if v}
         if config.finetune_data:
             self.paths["finetune_data"] = str(resolve_ref(ctx, config.finetune_data))
-        self.payload = _payload(self.paths)
+        data_dir = str(ctx.extras.get("data_dir") or ctx.work_dir.parent)
+        self.payload = payload.build(self.paths, ctx.extras.get("blob_config"), data_dir)
         base = config.student if config.train_section == "student" else config.finetune
         self.resources = training_resources(TrainParams.model_validate(_params_only(base or {})), 4096)
 
@@ -199,15 +200,6 @@ class _TrialJobs:
             pruner=c.search.pruner.model_dump(), work_dir=str(self.ctx.work_dir / "trials" / f"{trial.number:04d}"),
             base_model=p.get("model", ""), payload=self.payload,
         )  # fmt: skip
-
-
-def _payload(paths: dict[str, str]) -> dict[str, Any]:
-    """The datasets and the tokenizer, as bytes that travel with each trial (``search/payload.py``)."""
-    payload: dict[str, Any] = {k: pack_file(paths[k]) for k in ("data", "validation", "finetune_data") if k in paths}
-    tok = paths.get("tokenizer") or paths.get("teacher")
-    if tok:
-        payload["tokenizer"] = pack_tokenizer(tok)
-    return payload
 
 
 def _params_only(cfg: dict[str, Any]) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from shared.errors import InvalidArgument, NotFound
 
@@ -100,23 +100,28 @@ def record_to_example(rec: Any, path: Path, line: int, require_response: bool = 
     return Example([{"role": "user", "content": rec["prompt"]}], response, extra)
 
 
-def read_jsonl(path: Path, require_response: bool = True, limit: int | None = None) -> list[Example]:
-    """Read a dataset; raises :class:`DatasetError` naming file/line/field on the first bad record."""
+def read_jsonl(
+    path: Path, require_response: bool = True, limit: int | None = None, stream: IO[str] | None = None
+) -> list[Example]:
+    """Read a dataset; raises :class:`DatasetError` naming file/line/field on the first bad record. ``stream``:
+    read these lines instead of opening ``path`` (a file streamed from the blob store; ``path`` names it)."""
     path = Path(path)
-    if not path.is_file():
-        raise NotFound(f"dataset '{path}' does not exist" if not path.exists() else f"'{path}' is not a file")
+    if stream is None:
+        if not path.is_file():
+            raise NotFound(f"dataset '{path}' does not exist" if not path.exists() else f"'{path}' is not a file")
+        with open(path, encoding="utf-8") as fh:
+            return read_jsonl(path, require_response, limit, fh)
     examples: list[Example] = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            if not raw.strip():
-                continue
-            try:
-                rec = json.loads(raw)
-            except json.JSONDecodeError as exc:
-                raise DatasetError(path, lineno, f"not valid JSON ({exc.msg})") from exc
-            examples.append(record_to_example(rec, path, lineno, require_response))
-            if limit is not None and len(examples) >= limit:
-                break
+    for lineno, raw in enumerate(stream, start=1):
+        if not raw.strip():
+            continue
+        try:
+            rec = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise DatasetError(path, lineno, f"not valid JSON ({exc.msg})") from exc
+        examples.append(record_to_example(rec, path, lineno, require_response))
+        if limit is not None and len(examples) >= limit:
+            break
     if not examples:
         raise DatasetError(path, None, "the file holds no records")
     return examples

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from shared.errors import InvalidArgument
 
@@ -96,23 +96,24 @@ def derive_schema(answers: Iterable[str]) -> dict[str, Any]:
     return shape.schema()
 
 
-def derive_schema_from_jsonl(path: Path, limit: int = 0) -> dict[str, Any]:
-    """:func:`derive_schema` over the ``response`` field of a JSONL dataset."""
+def derive_schema_from_jsonl(path: Path, limit: int = 0, stream: IO[str] | None = None) -> dict[str, Any]:
+    """:func:`derive_schema` over the ``response`` field of a JSONL dataset (``stream``: its lines)."""
     from controller.factory.tasks.datasets import read_jsonl
 
-    examples = read_jsonl(Path(path), require_response=True, limit=limit or None)
+    examples = read_jsonl(Path(path), require_response=True, limit=limit or None, stream=stream)
     return derive_schema(ex.response or "" for ex in examples)
 
 
-def version_schema(task: str, data: Path | None) -> dict[str, Any] | None:
+def version_schema(task: str, data: Path | None, stream: IO[str] | None = None) -> dict[str, Any] | None:
     """The output schema a published version carries: its task's own, else one derived from the JSON answers of
-    the data its student learned (``data``); None when the task has none and the answers are not all JSON."""
+    the data its student learned (``data``, read from ``stream`` when given); None when the task has none and
+    the answers are not all JSON."""
     from controller.factory.evaluation.guided import schema_for
 
     schema = schema_for({"task": task}) if task else None
     if schema is not None or data is None:
         return schema
     try:
-        return derive_schema_from_jsonl(data)
+        return derive_schema_from_jsonl(data, stream=stream)
     except InvalidArgument:
         return None  # free-text answers: nothing to enforce

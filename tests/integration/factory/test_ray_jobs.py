@@ -7,12 +7,14 @@ from __future__ import annotations
 import json
 import os
 import signal
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
+from controller.factory.backends import packed
 from controller.factory.jobs import FINAL_STATES, JobManager
 from controller.store.db import Store
 from controller.store.tables import Job
@@ -68,6 +70,27 @@ def test_build_on_ray_retries_a_killed_training_worker_and_publishes(ray_jobs: J
     assert (job.stage, job.stage_index, job.stage_count) == ("publish", job.stage_count - 1, job.stage_count)
     log = (ray_jobs.data_dir / "jobs" / job_id / "job.log").read_text()
     assert "Ray worker pid" in log and "ray-task." in log  # the worker's log records are in the job log
+    assert_outputs_never_on_the_controller(ray_jobs, job_id)
+
+
+def assert_outputs_never_on_the_controller(jobs: JobManager, job_id: str) -> None:
+    """Every step that ran on a Ray worker left its files in the blob store: the controller's stage cache and
+    job folder hold their indexes and nothing else, the published files are those blobs, and the workers
+    removed their scratch folders."""
+    entries = [p for p in (jobs.data_dir / "cache" / "stages").iterdir() if p.is_dir()]
+    assert len(entries) >= 5
+    for entry in entries:
+        assert sorted(p.name for p in entry.iterdir()) == sorted([packed.INDEX, "result.json"]), entry
+    blobs = registry_of(jobs).blobs
+    indexed = packed.referenced(jobs.data_dir / "cache" / "stages")
+    assert indexed and all(blobs.exists(sha) for sha in indexed)
+    published = registry_of(jobs).get_model("tiny-demo", "1").variants
+    files = {f.sha256 for v in published for f in registry_of(jobs).signed_files("tiny-demo", "1", v.profile).files}
+    assert files <= indexed  # publish registered the blobs the workers stored, by digest
+    heavy = [p for p in (jobs.data_dir / "jobs" / job_id).rglob("*") if p.suffix in (".onnx", ".data", ".safetensors")]
+    assert heavy == []
+    scratch = Path(tempfile.gettempdir()) / "slmops-ray" / job_id
+    assert not scratch.exists() or not any(scratch.iterdir())
 
 
 def test_worker_killed_twice_fails_the_job_with_the_workers_error(

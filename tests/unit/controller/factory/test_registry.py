@@ -180,3 +180,39 @@ def test_error_inside_the_transaction_rolls_back(
     assert registry.list_models() == []
     with registry.store.session() as s:
         assert s.exec(select(VariantRow)).all() == [] and s.exec(select(Baseline)).all() == []
+
+
+def test_publish_registers_blobs_already_in_the_store_without_reading_a_folder(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """A variant built on a Ray worker: its files are blobs the worker stored; the job worker has no folder."""
+    from shared.manifest import FileEntry
+
+    built = _variant_folder(tmp_path / "worker", "int4", b"q4" * 100)
+    entries = registry.blobs.put_folder(built)
+    gone = tmp_path / "controller" / "jobs" / "j1" / "04-quantize" / "model"  # only an index exists there
+    spec = VariantSpec("cpu-int4", "int4", "cpu", gone, stored_files=entries)
+    version = registry.publish("remote", [spec], {"teacher": "t"})
+    out = tmp_path / "installed"
+    manifest = registry.materialize("remote", version, "cpu-int4", out)
+    assert [f.path for f in manifest.files] == ["genai_config.json", "model.onnx", "sub/tokenizer.json"]
+    assert (out / "model.onnx").read_bytes() == b"q4" * 100
+    assert registry.signed_files("remote", version, "cpu-int4").files == manifest.files
+
+    missing = FileEntry("model.onnx", "ab" * 32, 10)
+    with pytest.raises(NotFound, match=r"cpu-int4/model\.onnx \(blob abababababab…\) is not in the blob store"):
+        registry.publish("remote", [VariantSpec("cpu-int4", "int4", "cpu", gone, stored_files=[missing])], {})
+    wrong = FileEntry("model.onnx", entries[1].sha256, entries[1].size + 1)
+    with pytest.raises(IntegrityError, match="bytes in the blob store"):
+        registry.publish("remote", [VariantSpec("cpu-int4", "int4", "cpu", gone, stored_files=[wrong])], {})
+    assert [v.version for v in registry.list_models("remote")] == [version]  # nothing else was published
+
+
+def test_prune_keeps_blobs_the_stage_cache_names(registry: Registry, tmp_path: Path) -> None:
+    from controller.registry.prune import prune
+
+    cached = registry.blobs.put_bytes(b"built on a ray worker")
+    other = registry.blobs.put_bytes(b"nobody needs this")
+    result = prune(registry.store, registry.blobs, min_age_s=0, also_keep={cached.sha256})
+    assert [r.sha256 for r in result.removed] == [other.sha256]
+    assert registry.blobs.exists(cached.sha256) and not registry.blobs.exists(other.sha256)
