@@ -10,6 +10,7 @@ import signal
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -73,7 +74,7 @@ def test_build_on_ray_retries_a_killed_training_worker_and_publishes(ray_jobs: J
     assert_outputs_never_on_the_controller(ray_jobs, job_id)
 
 
-def assert_outputs_never_on_the_controller(jobs: JobManager, job_id: str) -> None:
+def assert_outputs_never_on_the_controller(jobs: JobManager, job_id: str, blobs: Any = None) -> None:
     """Every step that ran on a Ray worker left its files in the blob store: the controller's stage cache and
     job folder hold their indexes and nothing else, the published files are those blobs, and the workers
     removed their scratch folders."""
@@ -81,11 +82,13 @@ def assert_outputs_never_on_the_controller(jobs: JobManager, job_id: str) -> Non
     assert len(entries) >= 5
     for entry in entries:
         assert sorted(p.name for p in entry.iterdir()) == sorted([packed.INDEX, "result.json"]), entry
-    blobs = registry_of(jobs).blobs
+    registry = registry_of(jobs)
+    if blobs is not None:
+        registry.blobs = blobs
     indexed = packed.referenced(jobs.data_dir / "cache" / "stages")
-    assert indexed and all(blobs.exists(sha) for sha in indexed)
-    published = registry_of(jobs).get_model("tiny-demo", "1").variants
-    files = {f.sha256 for v in published for f in registry_of(jobs).signed_files("tiny-demo", "1", v.profile).files}
+    assert indexed and all(registry.blobs.exists(sha) for sha in indexed)
+    published = registry.get_model("tiny-demo", "1").variants
+    files = {f.sha256 for v in published for f in registry.signed_files("tiny-demo", "1", v.profile).files}
     assert files <= indexed  # publish registered the blobs the workers stored, by digest
     heavy = [p for p in (jobs.data_dir / "jobs" / job_id).rglob("*") if p.suffix in (".onnx", ".data", ".safetensors")]
     assert heavy == []
@@ -129,3 +132,32 @@ def test_cancel_stops_the_ray_task_and_leaves_the_registry_unchanged(ray_jobs: J
     title = Path(f"/proc/{pid}/cmdline")
     assert not title.exists() or not title.read_bytes().startswith(b"ray::execute")  # the task is not running
     assert registry_of(ray_jobs).list_models() == []
+
+
+def test_build_on_ray_with_an_s3_store_keeps_every_byte_off_the_controller(
+    tmp_path: Path, ray_head: RayHead, s3_server: Any, s3_bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cluster set-up the README describes: stage outputs go worker -> S3 -> worker, publish registers them
+    by digest, and the controller's data dir holds no blob at all."""
+    from controller.core.settings import ControllerSettings
+    from controller.registry.blobstore import open_for_data_dir, write_config
+
+    data = tmp_path / "data"
+    data.mkdir()
+    s3 = {"s3_bucket": s3_bucket, "s3_endpoint_url": s3_server.endpoint_url, "s3_region": s3_server.region}
+    write_config(ControllerSettings(data_dir=data, blob_store="s3", s3_prefix="ray/blobs", **s3))
+    monkeypatch.setenv("RAY_ADDRESS", ray_head.gcs_address)
+    store = Store(f"sqlite:///{data / 'controller.db'}")
+    jobs = JobManager(store, data, lambda: PROFILES, poll_interval_s=0.2, jobs="ray:auto")
+    jobs.start()
+    try:
+        job, _ = watch(jobs, jobs.submit(yaml.safe_dump(tiny_recipe())).job_id, lambda j: False)
+        assert job.state == "SUCCEEDED", job.error
+        s3_store = open_for_data_dir(data)
+        assert s3_store.description.startswith("s3")
+        assert_outputs_never_on_the_controller(jobs, job.job_id, s3_store)
+        local_blobs = data / "artifacts"
+        assert not local_blobs.exists() or not any(p.is_file() for p in local_blobs.rglob("*"))
+    finally:
+        jobs.stop()
+        store.close()
