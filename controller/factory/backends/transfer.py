@@ -16,7 +16,6 @@ boto3's default chain.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -28,8 +27,6 @@ from controller.registry.blobstore.base import copy_blob_to
 if TYPE_CHECKING:
     from controller.factory.cache import Fingerprints
     from controller.registry.blobstore.base import BlobStore
-
-CONFIG_FILE = "blob_store.json"
 
 
 @dataclass
@@ -45,19 +42,19 @@ class Packed:
 
 def blob_config(data_dir: Path) -> dict[str, Any]:
     """The blob store settings the controller recorded for its workers (``{}``: the filesystem default)."""
-    path = Path(data_dir) / CONFIG_FILE
+    from controller.registry.blobstore import recorded_config
+
     try:
-        return dict(json.loads(path.read_text())) if path.is_file() else {}
+        return dict(recorded_config(data_dir))
     except (OSError, ValueError):
         return {}
 
 
 def open_blobs(config: dict[str, Any], data_dir: Path) -> BlobStore:
     """The blob store of ``config`` (see :func:`blob_config`), built in this process."""
-    from controller.core.settings import ControllerSettings
-    from controller.registry.blobstore import build_blob_store
+    from controller.registry.blobstore import from_config
 
-    return build_blob_store(ControllerSettings(data_dir=Path(data_dir), **config), check=False)
+    return from_config(config, data_dir)
 
 
 def pack(blobs: BlobStore, path: Path, fp: Fingerprints | None = None) -> Packed:

@@ -57,10 +57,19 @@ def write_config(settings: ControllerSettings) -> None:
     tmp.replace(path)
 
 
-def open_for_data_dir(data_dir: Path) -> BlobStore:
-    """The blob store the controller of ``data_dir`` uses (the filesystem one when it recorded none)."""
+def recorded_config(data_dir: Path) -> dict[str, str]:
+    """The blob store settings the controller of ``data_dir`` recorded (``{}``: none, the filesystem store)."""
+    path = Path(data_dir) / CONFIG_FILE
+    return dict(json.loads(path.read_text())) if path.is_file() else {}
+
+
+def from_config(config: dict[str, str], data_dir: Path) -> BlobStore:
+    """The blob store of recorded ``config`` (see :func:`recorded_config`), built in this process."""
     from controller.core.settings import ControllerSettings
 
-    path = Path(data_dir) / CONFIG_FILE
-    recorded = json.loads(path.read_text()) if path.is_file() else {}
-    return build_blob_store(ControllerSettings(data_dir=Path(data_dir), **recorded), check=False)
+    return build_blob_store(ControllerSettings(data_dir=Path(data_dir), **config), check=False)
+
+
+def open_for_data_dir(data_dir: Path) -> BlobStore:
+    """The blob store the controller of ``data_dir`` uses (the filesystem one when it recorded none)."""
+    return from_config(recorded_config(data_dir), data_dir)
