@@ -218,6 +218,8 @@ def execute(task: StageTask, inbox: Any) -> dict[str, Any]:
         root.removeHandler(handler)
         if task_dir is not None:
             shutil.rmtree(task_dir, ignore_errors=True)
+            with contextlib.suppress(OSError):  # the job's folder on this node, once its last step is done
+                task_dir.parent.rmdir()
 
 
 def call(fn: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:

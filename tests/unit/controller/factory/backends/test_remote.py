@@ -49,6 +49,7 @@ def test_task_on_a_node_without_the_controllers_disk(tmp_path: Path, monkeypatch
     assert Path(out["work_dir"]).is_relative_to(tmp_path / "node-tmp")
     assert out["outputs"] == {"train": "rel:train.jsonl"}
     assert out["metrics"]  # merge-data reports its counts
+    assert not (tmp_path / "node-tmp" / "slmops-ray" / "j1").exists()  # the task removed its scratch
 
     back = materialize(blobs, out["packed"], tmp_path / "controller-side")  # what the job worker does
     prompts = [json.loads(line)["prompt"] for line in (back / "train.jsonl").read_text().splitlines()]
