@@ -19,7 +19,10 @@ path generates the same number of tokens:
 
 Prints a table, then as the last line one JSON object (``http_vs_inprocess``, ``ortgenai_vs_torch``,
 ``concurrent_errors``, the batching figures, the big-body figures and the raw figures). Run:
-``python bench/serve.py`` (a few minutes on 2 cores); ``--quick`` for a small model and short runs.
+``python bench/serve.py`` (a few minutes on 2 cores); ``--quick`` for a small model and short runs (its 48
+tokens take ~6 ms in-process, so the openai client's own ~2 ms per request and the server's ~1.5 ms dominate
+its ``http_vs_inprocess``: judge the serving path on the default size); ``--only http`` for the single-stream
+HTTP vs in-process figures alone (with the runtime breakdown), e.g. with ``--reps 21`` on a busy machine.
 """
 
 from __future__ import annotations
@@ -274,7 +277,7 @@ def bench_concurrent(url: str, clients: int, per_client: int, tokens: int) -> di
 
 
 # --- main --------------------------------------------------------------------------------------------------------
-def main(argv: list[str] | None = None) -> int:
+def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, help="an int4 onnxruntime-genai folder (default: build one)")
     p.add_argument("--hf", type=Path, help="the HF folder --model was built from (for the PyTorch baseline)")
@@ -291,10 +294,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--levels", default=",".join(map(str, LEVELS)), help="concurrent clients for the batching sweep")
     p.add_argument("--sweep-per-client", type=int, default=2)
     p.add_argument("--quick", action="store_true", help="small model, short runs (development)")
+    p.add_argument(
+        "--only",
+        choices=["all", "http"],
+        default="all",
+        help="http: only in-process vs the HTTP API, single stream (no PyTorch, concurrency, sweep, big bodies)",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.hidden, args.layers, args.tokens, args.reps, args.torch_reps = 256, 2, 48, 3, 1
         args.per_client, args.big_bodies, args.big_body_mb, args.sweep_per_client = 1, 2, 2.0, 1
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
     levels = tuple(int(x) for x in args.levels.split(","))
 
     from rich.console import Console
@@ -311,27 +325,31 @@ def main(argv: list[str] | None = None) -> int:
             hf_dir, og_dir, params = build_model(Path(tmp), args.hidden, args.layers)
         inproc = InProcess(og_dir, args.tokens)
         create_ms = {"unseeded": inproc.generator_create_ms(False), "seeded": inproc.generator_create_ms(True)}
-        torch_fig = None
-        if hf_dir is not None:
+        torch_fig = conc = paths = lp_cost = big = None
+        full = args.only == "all"
+        if hf_dir is not None and full:
             console.print("transformers / PyTorch generate ...")
             torch_fig = bench_torch(hf_dir, [int(i) for i in inproc.ids], args.tokens, args.torch_reps)
         console.print("in-process onnxruntime-genai vs the HTTP API (server in its own process) ...")
         proc, url = start_server(og_dir, args.workers)
         try:
             single = bench_single(url, inproc, args.tokens, args.reps)
-            console.print(f"{args.clients} concurrent clients ...")
-            conc = bench_concurrent(url, args.clients, args.per_client, args.tokens // 2)
+            if full:
+                console.print(f"{args.clients} concurrent clients ...")
+                conc = bench_concurrent(url, args.clients, args.per_client, args.tokens // 2)
         finally:
             proc.terminate()
             proc.wait(10)
-        console.print(f"batched vs sequential paths at {levels} concurrent clients ...")
-        paths = bench_paths(start_server, _request, og_dir, args.tokens, args.sweep_per_client, levels)
-        lp_cost = logprobs_cost(og_dir, args.tokens, args.reps)
+        if full:
+            console.print(f"batched vs sequential paths at {levels} concurrent clients ...")
+            paths = bench_paths(start_server, _request, og_dir, args.tokens, args.sweep_per_client, levels)
+            lp_cost = logprobs_cost(og_dir, args.tokens, args.reps)
         breakdown = stream_breakdown(og_dir, args.tokens, args.reps)
-        console.print(f"{args.big_bodies} requests with {args.big_body_mb:g} MB bodies (a fresh server) ...")
-        big = bench_big_bodies(
-            start_server, _request, og_dir, args.workers, args.big_bodies, args.big_body_mb, args.tokens // 4
-        )
+        if full:
+            console.print(f"{args.big_bodies} requests with {args.big_body_mb:g} MB bodies (a fresh server) ...")
+            big = bench_big_bodies(
+                start_server, _request, og_dir, args.workers, args.big_bodies, args.big_body_mb, args.tokens // 4
+            )
 
     og_tps = single["inproc_tokens_per_s"]
     http = single
@@ -348,9 +366,10 @@ def main(argv: list[str] | None = None) -> int:
         # per request, before the first token: why every generator gets a random_seed (shared/genai_seed.py)
         "generator_create_ms": {k: round(v, 3) for k, v in create_ms.items()},
         "load_avg_1m": round(os.getloadavg()[0], 2),
-        "concurrent": {k: (round(v, 1) if isinstance(v, float) else v) for k, v in conc.items()},
-        "big_bodies": {k: (round(v, 1) if isinstance(v, float) else v) for k, v in big.items()},
     }
+    if full:
+        figures["concurrent"] = {k: (round(v, 1) if isinstance(v, float) else v) for k, v in conc.items()}
+        figures["big_bodies"] = {k: (round(v, 1) if isinstance(v, float) else v) for k, v in big.items()}
     result = {
         # the weaker of streaming and non-streaming HTTP, against in-process generation
         "http_vs_inprocess": round(min(http["nonstream_tokens_per_s"], http["stream_tokens_per_s"]) / og_tps, 3),
@@ -360,17 +379,19 @@ def main(argv: list[str] | None = None) -> int:
         "http_stream_vs_inprocess_paired": round(http["stream_vs_inproc_paired"], 3),
         "http_nonstream_vs_inprocess_paired": round(http["nonstream_vs_inproc_paired"], 3),
         "ortgenai_vs_torch": round(og_tps / torch_fig["tokens_per_s"], 2) if torch_fig else None,
-        "concurrent_errors": conc["errors"],
-        **summary(paths),
-        "logprobs_cost_pct": round(lp_cost["logprobs_cost_pct"], 2),
         # single stream, in-process: raw og loop -> the runtime's generate -> with serving's per-request asks
         "stream_breakdown": {"raw_og_loop_tokens_per_s": round(og_tps, 1), **breakdown},
-        # goals: <= 5 and <= 50 (issue #12: one 10 MB body grew the agent 164 -> 472 MB and stalled /healthz 3.3 s)
-        "rss_growth_big_bodies_pct": round(big["rss_growth_pct"], 2),
-        "healthz_p99_during_big_ms": round(big["healthz_p99_ms"], 1),
-        "seconds": round(time.perf_counter() - started, 1),
-        **figures,
     }
+    if full:
+        result |= {
+            "concurrent_errors": conc["errors"],
+            **summary(paths),
+            "logprobs_cost_pct": round(lp_cost["logprobs_cost_pct"], 2),
+            # goals: <= 5 and <= 50 (issue #12: one 10 MB body grew the agent 164 -> 472 MB, stalled /healthz 3.3 s)
+            "rss_growth_big_bodies_pct": round(big["rss_growth_pct"], 2),
+            "healthz_p99_during_big_ms": round(big["healthz_p99_ms"], 1),
+        }
+    result |= {"seconds": round(time.perf_counter() - started, 1), **figures}
 
     table = Table(title=f"serving: {args.tokens} new tokens, greedy, single stream unless noted")
     table.add_column("path")
@@ -397,6 +418,18 @@ def main(argv: list[str] | None = None) -> int:
             "-",
             f"{torch_fig['tokens_per_s'] / og_tps:.3f}",
         )
+    if full:
+        _table_rest(table, args, conc, big, paths, levels)
+    Console().print(table)
+    print(
+        f"og.Generator creation: {create_ms['unseeded']:.2f} ms without a random_seed, "
+        f"{create_ms['seeded']:.3f} ms with one (every generator in slmops gets one)"
+    )
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+def _table_rest(table: Any, args: Any, conc: Any, big: Any, paths: Any, levels: tuple[int, ...]) -> None:
     table.add_row(
         f"{conc['clients']} clients x {args.per_client} req (aggregate)",
         f"{conc['tokens_per_s']:.0f}",
@@ -417,13 +450,6 @@ def main(argv: list[str] | None = None) -> int:
             f"p95 {seq['ttft_p95_ms']:.0f} | {bat['ttft_p95_ms']:.0f}",
             f"x{bat['tokens_per_s'] / seq['tokens_per_s']:.2f}",
         )
-    Console().print(table)
-    print(
-        f"og.Generator creation: {create_ms['unseeded']:.2f} ms without a random_seed, "
-        f"{create_ms['seeded']:.3f} ms with one (every generator in slmops gets one)"
-    )
-    print(json.dumps(result), flush=True)
-    return 0
 
 
 if __name__ == "__main__":

@@ -114,8 +114,9 @@ def summary(paths: dict[str, dict[int, dict[str, Any]]], at: int = 8) -> dict[st
 
 def stream_breakdown(og_dir: Path, tokens: int, reps: int) -> dict[str, float]:
     """Where a single stream's time goes before HTTP: tokens/s of the agent's runtime ``generate`` (detokenizing,
-    events) without and with what serving asks for every request (prompt NLL, per-token logprobs). Compare
-    with ``inprocess_tokens_per_s`` (raw og loop) and ``http_stream_tokens_per_s``."""
+    events) without and with what serving asks for every request (prompt NLL, per-token logprobs), and as a
+    served request without stop sequences runs it (telemetry logprobs, up to 32 tokens per event:
+    ``runtime_serving_events``). Compare with ``inprocess_tokens_per_s`` (raw og loop) and the HTTP figures."""
     import threading as th
 
     from agent.runtime import get_runtime
@@ -127,6 +128,9 @@ def stream_breakdown(og_dir: Path, tokens: int, reps: int) -> dict[str, float]:
         "runtime_bare": GenParams(max_new_tokens=tokens, ignore_eos=True),
         "runtime_serving_params": GenParams(
             max_new_tokens=tokens, ignore_eos=True, want_logprobs=True, want_prompt_nll=True
+        ),
+        "runtime_serving_events": GenParams(
+            max_new_tokens=tokens, ignore_eos=True, want_logprobs=True, event_tokens=32
         ),
     }
     speeds: dict[str, list[float]] = {k: [] for k in variants}

@@ -135,6 +135,12 @@ class GenParams:
     top_logprobs: int = 0
     # Guided decoding: (kind, data) with kind 'json_schema', 'regex' or 'lark_grammar' (LLGuidance).
     guidance: tuple[str, str] | None = None
+    # Tokens per TokenEvent: 1 gives every token its own event (for a consumer that checks each one, e.g. for
+    # stop sequences); more lets a runtime put up to that many in one event, at most ``event_interval_s`` after
+    # the previous one (None: no time limit). Each token up to the first with text has an event of its own (time to
+    # first token). Runtimes may ignore both (one event per token is always correct).
+    event_tokens: int = 1
+    event_interval_s: float | None = None
 
     @property
     def greedy(self) -> bool:

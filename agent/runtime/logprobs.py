@@ -54,30 +54,40 @@ class Confidence:
     onnxruntime-genai 0.18 computes the next step's logits inside ``generate_next_token``, so the distribution
     a token was drawn from is the one read *before* that call (``capture``), scored once the token is known.
     When the client asked for logprobs each event gets its own token's figures; for telemetry alone the rows
-    are scored in blocks of ``_BLOCK`` (one numpy pass per block) and the block's figures ride on the event
+    are scored in blocks of up to ``_BLOCK`` (one numpy pass per block) and the block's figures ride on the event
     that closes it (and the final event takes the rest).
+
+    Per token this only keeps what ``get_logits`` returned and the token (two list appends): every Python or
+    numpy step between two ``generate_next_token`` calls runs on caches the model just evicted, and cost several
+    times its warm price there (bench/serve.py ``logprobs_cost_pct``). ``rows``/``tokens`` are public so a
+    generation loop can append to them directly.
     """
 
-    def __init__(self, generator: Any, params: GenParams, tokenizer: Any, vocab: int) -> None:
+    def __init__(self, generator: Any, params: GenParams, tokenizer: Any) -> None:
         self._get, self._top, self._decode = generator.get_logits, params.top_logprobs, tokenizer.decode
-        self._per_token = params.logprobs_required
-        self._rows = np.empty((1 if self._per_token else _BLOCK, vocab), dtype=np.float32)
-        self._tokens = np.empty(len(self._rows), dtype=np.int64)
-        self._n = 0
+        self.per_token = params.logprobs_required
+        self.rows: list[np.ndarray] = []  # get_logits() before each token: [1, 1, V] each
+        self.tokens: list[int] = []
 
     def capture(self) -> None:
-        self._rows[self._n] = np.asarray(self._get()).reshape(-1)
+        self.rows.append(self._get())
 
     def fill(self, ev: TokenEvent, token: int) -> None:
-        self._tokens[self._n] = token
-        self._n += 1
-        if self._n == len(self._rows):
+        """One token's event (the per-token path): its figures now, or once its block is full."""
+        self.tokens.append(token)
+        if self.per_token:
+            if self._top:
+                alts = top_alternatives(self.rows[-1].reshape(-1), self._top)
+                ev.top_logprobs = [[(self._decode([i]), v) for i, v in alts]]
             self.flush(ev)
-        if self._per_token and self._top:
-            alts = top_alternatives(self._rows[0], self._top)
-            ev.top_logprobs = [[(self._decode([i]), v) for i, v in alts]]
+        elif len(self.tokens) >= _BLOCK:
+            self.flush(ev)
 
     def flush(self, ev: TokenEvent) -> None:
-        if self._n:
-            ev.logprobs, ev.entropies = block_stats(self._rows[: self._n], self._tokens[: self._n])
-            self._n = 0
+        """Score the tokens kept since the last flush onto ``ev``."""
+        n = len(self.tokens)
+        if n:
+            rows = np.concatenate(self.rows[:n]).reshape(n, -1)
+            ev.logprobs, ev.entropies = block_stats(rows, np.asarray(self.tokens))
+            self.rows.clear()
+            self.tokens.clear()

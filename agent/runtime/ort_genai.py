@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from agent.runtime import og_loop
 from agent.runtime.base import (
     DEVICE_TO_PROVIDER,
     GenParams,
@@ -62,6 +63,7 @@ def _import_og() -> Any:
         raise ModelLoadError(
             "onnxruntime-genai is not installed; install the agent extra (`pip install slmops[agent]`)"
         ) from exc
+    og_loop.cache_array_dtypes()  # before its first float array (get_logits per token: see og_loop)
     return og
 
 
@@ -213,45 +215,20 @@ class OrtGenaiModel(LoadedModel):
         nll = None
         if params.want_prompt_nll and len(ids) > 1:
             nll = mean_nll(np.asarray(generator.get_output("logits"))[0], ids)
-        # The per-token loop does as little Python as it can: bound methods, no keyword arguments.
         decode = self._tokenizer.create_stream().decode
-        cancelled, done = cancel.is_set, generator.is_done
-        next_token, next_tokens = generator.generate_next_token, generator.get_next_tokens
         eos = frozenset() if params.ignore_eos else self._eos
         want = params.want_logprobs or params.logprobs_required
-        stats = Confidence(generator, params, self._tokenizer, self._vocab(generator)) if want else None
-        produced = 0
+        stats = Confidence(generator, params, self._tokenizer) if want else None
         budget = min(params.max_new_tokens, self.context_length - len(ids))
-        finish = "length"
-        while produced < budget:
-            if cancelled():
-                finish = "cancelled"
-                break
-            if done():
-                finish = "stop"
-                break
-            if stats is not None:
-                stats.capture()
-            next_token()
-            token = int(next_tokens()[0])
-            produced += 1
-            ev = TokenEvent("") if token in eos else TokenEvent(decode(token))
-            if stats is not None:
-                stats.fill(ev, token)
-            yield ev
-            if token in eos:
-                finish = "stop"
-                break
+        if params.event_tokens > 1 and not params.logprobs_required:
+            most, interval = params.event_tokens, params.event_interval_s
+            finish = yield from og_loop.coalesced(generator, decode, cancel, eos, budget, stats, most, interval)
+        else:
+            finish = yield from og_loop.per_token(generator, decode, cancel, eos, budget, stats)
         last = TokenEvent(text="", token_count=0, finish_reason=finish, prompt_tokens=len(ids), prompt_nll=nll)  # type: ignore[arg-type]
         if stats is not None:
             stats.flush(last)
         yield last
-
-    def _vocab(self, generator: Any) -> int:
-        vocab = self.info.extra.get("logits_width")
-        if vocab is None:
-            vocab = self.info.extra["logits_width"] = int(np.asarray(generator.get_logits()).shape[-1])
-        return int(vocab)
 
     def prompt_nll(self, text: str) -> float:
         ids = self.encode(text)[-(self.context_length - 1) :]

@@ -33,7 +33,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--profile", default="")
     p.add_argument("--temperature", type=float, default=1.0, help="default when a request does not say")
     p.add_argument("--nll-sample-rate", type=float, default=0.0)
-    p.add_argument("--stream-interval-ms", type=float, default=15.0, help="min ms between SSE chunks (0 = per token)")
+    p.add_argument("--stream-interval-ms", type=float, default=50.0, help="min ms between SSE chunks (0 = per token)")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, help="largest request body (413 beyond)")
     p.add_argument(
         "--read-timeout", type=float, default=15.0, help="seconds a client has to send a request's head, then its body"

@@ -13,6 +13,7 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import anyio
@@ -32,8 +33,12 @@ log = logging.getLogger(__name__)
 Body = schemas.ChatCompletionRequest | schemas.CompletionRequest
 T = TypeVar("T")
 # Longest a worker waits for the event loop to send a streamed chunk (EventChannel handoff_s): far above the
-# ~0.2 ms the loop needs when free, and a bounded cost (<= 1/8 of a 15 ms interval) when it is busy elsewhere.
+# ~0.2 ms the loop needs when free, and a bounded cost (<= 1/25 of the 50 ms default interval) when it is busy.
 _HANDOFF_S = 0.002
+# Most tokens per runtime event for a request that checks no token by itself (no stop sequences, no logprobs
+# asked): the worker's per-token Python is then the runtime's decode loop alone (agent/runtime/og_loop.py); a
+# streamed request's events still come at least every stream_interval_ms.
+EVENT_TOKENS = 32
 
 
 class Offload:
@@ -163,6 +168,9 @@ async def _admit(
         loop = asyncio.get_running_loop()
         prefix = "chatcmpl-" if endpoint == "chat" else "cmpl-"
         interval = serving.config.stream_interval_ms / 1000.0
+        stops = body.stop_list()
+        if not stops and not params.logprobs_required:  # nothing to check per token: tokens come in batches
+            params = replace(params, event_tokens=EVENT_TOKENS, event_interval_s=interval if body.stream else None)
         # the GIL hand-off per chunk (see EventChannel); not per token (interval 0): that would pay it per token
         handoff = _HANDOFF_S if interval > 0 else 0.0
         channel = EventChannel(loop, interval, handoff) if body.stream else ResultChannel(loop)
@@ -173,7 +181,7 @@ async def _admit(
             lease=lease,
             prompt=prompt,
             params=params,
-            stops=body.stop_list(),
+            stops=stops,
             prompt_tokens=prompt_tokens,
             channel=channel,
             arrival=arrival,
