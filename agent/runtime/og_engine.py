@@ -4,7 +4,9 @@ Each :meth:`EngineBatcher.generate` call hands its prompt to the scheduler threa
 its own queue; the scheduler owns the engine (every ``og.Engine``/``og.Request`` call happens on it), starts new
 turns between steps, cancels turns whose ``cancel`` event is set, and routes each step's events to the request
 queues. On CPU the folder's engine is the static-batch scheduler (``engine.static_batching.max_batch_size``):
-it batches decoding across requests and takes guidance, temperature, top-p/k and token limits per turn, but not
+it batches decoding across up to 4 requests per step (onnxruntime-genai's constant, whatever
+``max_batch_size`` says) and starts new ones only when the running batch has ended (docs/serving.md, "Continuous
+batching"); it takes guidance, temperature, top-p/k and token limits per turn, but not
 a per-turn seed (that needs ``engine.dynamic_batching`` with a paged KV cache); seeded sampling, adapters and
 logits (logprobs) stay on the per-request generator path (see :meth:`EngineBatcher.can_serve`).
 """
