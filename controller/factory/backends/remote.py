@@ -151,6 +151,18 @@ def _rel_outputs(outputs: dict[str, Path], work_dir: Path, seen: dict[str, str])
     return rel
 
 
+def _assigned_cpus() -> int:
+    """The CPUs Ray assigned this task (0 outside a Ray task)."""
+    try:
+        import ray
+
+        if ray.is_initialized():
+            return int(ray.get_runtime_context().get_assigned_resources().get("CPU", 0))
+    except Exception:  # not in a Ray task, or a Ray without the call: the stage chooses by itself
+        return 0
+    return 0
+
+
 def _localize_config(value: Any, fix: Any) -> Any:
     """The config with every string that names a packed path replaced by where it is on this node."""
     if isinstance(value, str):
@@ -194,7 +206,8 @@ def execute(task: StageTask, inbox: Any) -> dict[str, Any]:
             cache_dir=Path(task.cache_dir),
             progress=relay.progress,
             is_cancelled=relay.is_cancelled,
-            extras={**task.extras, "blob_config": task.blob_config},  # the search sends its trials' inputs so
+            # blob_config: the search sends its trials' inputs through the store; assigned_cpus: Ray's grant
+            extras={**task.extras, "blob_config": task.blob_config, "assigned_cpus": _assigned_cpus()},
         )
         try:
             result = stage.run(config, ctx)

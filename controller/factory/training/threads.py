@@ -7,6 +7,7 @@ then waits on threads that are not running. With ``num_threads: 0`` (the default
 (``os.sched_getaffinity``) capped by the cgroup CPU quota (``cpu.max``, or v1 ``cpu.cfs_quota_us``), and jobs
 running is the RUNNING rows of the job table (this job included); and no more than the cores left idle by
 whatever else runs on the machine (``cores - 1-minute load average + 1``, the 1 being this process).
+A Ray task uses the CPUs Ray assigned it (its stage's declared ``num_cpus``) instead.
 ``num_threads: N`` in the stage's section of the recipe (e.g. ``teacher: {train: {num_threads: 2}}``,
 ``student: {num_threads: 2}``) uses N as given.
 The choice is logged and shown as the stage's first progress line (``threads: ...``).
@@ -109,10 +110,17 @@ def choose_threads(requested: int, cores: int, jobs: int, load: float | None = N
 
 
 def configure_threads(requested: int, extras: dict[str, Any]) -> ThreadChoice:
-    """Choose (see the module doc), apply to torch, log; returns the choice."""
+    """Choose (see the module doc), apply to torch, log; returns the choice. In a task whose runner assigned it
+    CPUs (``extras["assigned_cpus"]``: a Ray task gets the ``num_cpus`` its stage declared), those CPUs are the
+    stage's own: the engine's scheduler already counted every other task, so neither the job count nor the
+    machine's load (which includes the engine's own daemons) lowers it."""
     import torch
 
-    choice = choose_threads(requested, available_cores(), running_jobs(extras), machine_load())
+    assigned = int(extras.get("assigned_cpus") or 0)
+    if assigned > 0:
+        choice = choose_threads(requested, min(assigned, available_cores()), 1)
+    else:
+        choice = choose_threads(requested, available_cores(), running_jobs(extras), machine_load())
     torch.set_num_threads(choice.threads)
     log.info(choice.describe())
     return choice

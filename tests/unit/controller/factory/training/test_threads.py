@@ -6,6 +6,8 @@ import os
 import time
 from pathlib import Path
 
+import pytest
+
 from controller.factory.training.threads import available_cores, cgroup_cpu_limit, choose_threads, running_jobs
 from controller.store.db import Store
 from controller.store.tables import Job
@@ -66,5 +68,24 @@ def test_a_training_stage_chooses_and_shows_its_threads(tmp_path: Path) -> None:
         assert [(p.stage, p.message) for p in seen] == [
             ("train-student", f"threads: 1 (num_threads in the recipe; {available_cores()} cores available)")
         ]
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_ray_task_uses_the_cpus_ray_assigned_whatever_the_load(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The machine's load includes the Ray head's own daemons: it must not shrink what Ray granted the task."""
+    import torch
+
+    from controller.factory.training import threads
+
+    monkeypatch.setattr(threads, "machine_load", lambda: 5.0)
+    monkeypatch.setattr(threads, "available_cores", lambda: 4)
+    before = torch.get_num_threads()
+    try:
+        assert threads.configure_threads(0, {"assigned_cpus": 2}).threads == 2
+        assert torch.get_num_threads() == 2
+        assert threads.configure_threads(0, {"assigned_cpus": 8}).threads == 4  # never more than the machine has
+        assert threads.configure_threads(0, {}).threads == 1  # no grant: the load decides
+        assert threads.configure_threads(3, {"assigned_cpus": 2}).threads == 3  # num_threads in the recipe wins
     finally:
         torch.set_num_threads(before)
