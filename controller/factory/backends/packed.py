@@ -113,32 +113,34 @@ def digest(path: Path, fp: Fingerprints) -> str:
     return folder.hexdigest()
 
 
-def _single(path: Path) -> FileRow:
-    rows = entries(path) or []
+def _blob_of(path: Path, rows: list[FileRow], blobs: BlobStore | None) -> tuple[BlobStore, str]:
+    """The store and sha256 of the indexed file ``path`` (``rows``: its :func:`entries`)."""
     if len(rows) != 1 or rows[0][0] != "":
         raise NotFound(f"stage output {path} is not a file in its step's outputs (see {INDEX} above it)")
-    return rows[0]
+    if blobs is None:
+        raise NotFound(f"stage output {path} is in the blob store and no blob store was given to read it")
+    return blobs, rows[0][1]
 
 
 def read_bytes(path: Path, blobs: BlobStore | None) -> bytes:
     """The content of the file ``path``: from disk, or from the blob store when an index covers it."""
-    if not is_remote(path):
+    rows = entries(path)
+    if rows is None:
         return Path(path).read_bytes()
-    if blobs is None:
-        raise NotFound(f"stage output {path} is in the blob store and no blob store was given to read it")
-    return blobs.read_bytes(_single(path)[1])
+    store, sha = _blob_of(path, rows, blobs)
+    return store.read_bytes(sha)
 
 
 @contextmanager
 def open_text(path: Path, blobs: BlobStore | None) -> Iterator[IO[str]]:
     """A text stream of the file ``path``, streamed from the blob store when an index covers it."""
-    if not is_remote(path):
+    rows = entries(path)
+    if rows is None:
         with open(path, encoding="utf-8") as fh:
             yield fh
         return
-    if blobs is None:
-        raise NotFound(f"stage output {path} is in the blob store and no blob store was given to read it")
-    raw, _ = blobs.open_range(_single(path)[1])
+    store, sha = _blob_of(path, rows, blobs)
+    raw, _ = store.open_range(sha)
     with raw, io.TextIOWrapper(raw, encoding="utf-8") as fh:  # type: ignore[arg-type]
         yield fh
 

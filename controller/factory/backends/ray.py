@@ -26,9 +26,10 @@ from typing import TYPE_CHECKING, Any
 from controller.factory.backends import packed
 from controller.factory.backends.base import TaskRunner
 from controller.factory.backends.remote import Inbox, StageTask, call, execute
-from controller.factory.backends.transfer import Packed, blob_config, open_blobs, pack
+from controller.factory.backends.transfer import Packed, pack
 from controller.factory.cache import config_paths
 from controller.factory.spec import Resources
+from controller.registry.blobstore import from_config, recorded_config
 from shared.errors import Cancelled, StageError, UnsupportedOnThisMachine
 
 if TYPE_CHECKING:
@@ -194,11 +195,11 @@ class RayTaskRunner(TaskRunner):
                     continue
             extras[key] = value
         data_dir = Path(ctx.extras.get("data_dir") or ctx.work_dir.parent)
-        config_blobs = blob_config(data_dir) if self.transfer else None
+        config_blobs = recorded_config(data_dir) if self.transfer else None
         config_json = config.model_dump(mode="json")
         packs: dict[str, Packed] = {}
         if config_blobs is not None:  # inputs and files named in the config, for nodes without this disk
-            blobs = open_blobs(config_blobs, data_dir)
+            blobs = from_config(config_blobs, data_dir)
             fp = ctx.extras.get("fingerprints")
             for path in {*map(str, ctx.inputs.values()), *config_paths(config_json)}:
                 if (found := packed.covering(Path(path))) is not None:  # an earlier step's outputs, in the store

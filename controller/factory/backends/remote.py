@@ -25,7 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from controller.factory.backends.transfer import Packed, localize, open_blobs, pack, unlocalize
+from controller.factory.backends.transfer import Packed, localize, pack, unlocalize
+from controller.registry.blobstore import from_config
 from shared.errors import Cancelled, SlmopsError
 
 PROGRESS_EVERY_S = 0.25
@@ -188,7 +189,7 @@ def execute(task: StageTask, inbox: Any) -> dict[str, Any]:
     root.setLevel(min(root.level or logging.INFO, logging.INFO))
     task_dir = _task_dir(task)
     try:
-        blobs = None if task.blob_config is None else open_blobs(task.blob_config, Path(task.data_dir))
+        blobs = None if task.blob_config is None else from_config(task.blob_config, Path(task.data_dir))
         work_dir = _work_dir(task, task_dir)
         scratch = (task_dir or Path(tempfile.gettempdir()) / "slmops-ray" / task.job_id) / "inputs"
         seen: dict[str, str] = {}

@@ -20,7 +20,7 @@ import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from controller.registry.blobstore.base import copy_blob_to
 
@@ -38,23 +38,6 @@ class Packed:
     files: list[tuple[str, str, int]] = field(default_factory=list)
     # True: ``root`` on the controller holds only an index (the files are in the store, never used in place)
     remote: bool = False
-
-
-def blob_config(data_dir: Path) -> dict[str, Any]:
-    """The blob store settings the controller recorded for its workers (``{}``: the filesystem default)."""
-    from controller.registry.blobstore import recorded_config
-
-    try:
-        return dict(recorded_config(data_dir))
-    except (OSError, ValueError):
-        return {}
-
-
-def open_blobs(config: dict[str, Any], data_dir: Path) -> BlobStore:
-    """The blob store of ``config`` (see :func:`blob_config`), built in this process."""
-    from controller.registry.blobstore import from_config
-
-    return from_config(config, data_dir)
 
 
 def pack(blobs: BlobStore, path: Path, fp: Fingerprints | None = None) -> Packed:

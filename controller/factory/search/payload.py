@@ -44,9 +44,10 @@ def build(paths: dict[str, str], blob_config: dict[str, Any] | None, data_dir: s
         if tok:
             payload["tokenizer"] = pack_tokenizer(tok)
         return payload
-    from controller.factory.backends.transfer import Packed, open_blobs, pack
+    from controller.factory.backends.transfer import Packed, pack
+    from controller.registry.blobstore import from_config
 
-    blobs = open_blobs(blob_config, Path(data_dir))
+    blobs = from_config(blob_config, Path(data_dir))
     files: dict[str, Any] = {k: pack(blobs, Path(paths[k])) for k in DATASETS if k in paths}
     if tok:
         rows = []
@@ -65,9 +66,9 @@ def unpack(payload: dict[str, Any], into: Path) -> dict[str, str]:
     store = payload.get(STORE_KEY)
     blobs = None
     if store is not None:
-        from controller.factory.backends.transfer import open_blobs
+        from controller.registry.blobstore import from_config
 
-        blobs = open_blobs(store["config"], Path(store["data_dir"]))
+        blobs = from_config(store["config"], Path(store["data_dir"]))
     paths = {}
     for name, content in payload.items():
         if name == STORE_KEY:
