@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import threading
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,17 +95,31 @@ def hash_folder(folder: Path) -> list[FileEntry]:
 
 
 # --- keys ------------------------------------------------------------------------------------------------
+def _load_signing_key(path: Path) -> Ed25519PrivateKey:
+    for _ in range(50):  # a process that just created the file may not have written it yet
+        data = path.read_bytes()
+        if data:
+            break
+        time.sleep(0.02)
+    key = serialization.load_pem_private_key(data, password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise InvalidArgument(f"{path} is not an ed25519 private key")
+    return key
+
+
 def load_or_create_signing_key(path: Path) -> Ed25519PrivateKey:
+    """The manifest signing key kept in ``path``, created 0600 on first start. Replicas and job workers sharing a
+    data dir may start at once: the one that loses the race to create the file loads the winner's key."""
     path = Path(path)
     if path.exists():
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-        if not isinstance(key, Ed25519PrivateKey):
-            raise InvalidArgument(f"{path} is not an ed25519 private key")
-        return key
+        return _load_signing_key(path)
     key = Ed25519PrivateKey.generate()
     path.parent.mkdir(parents=True, exist_ok=True)
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return _load_signing_key(path)
     with os.fdopen(fd, "wb") as fh:
         fh.write(pem)
     return key
