@@ -17,7 +17,7 @@ Both return the finish reason (``length``, ``stop`` or ``cancelled``).
 ``Generator.get_logits``: pybind11 gives each array it builds from a C++ buffer its dtype through numpy's
 pure-Python PEP 3118 format parser (``_dtype_from_pep3118('f')``, ~3 us warm); per token, cold, that parser was
 the telemetry logprobs' main cost (a plain og loop with ``get_logits`` per token: 3.5% slower without the cache,
-0.8% with it, 40 interleaved runs on the 2-core VM).
+0.8% with it, 40 interleaved runs of a one-off probe on the 2-core VM; see docs/serving.md).
 """
 
 from __future__ import annotations
