@@ -15,6 +15,7 @@ arguments ``controller.loop.audit.run_audit`` passes; the audit then counts the 
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 import logging
@@ -51,8 +52,9 @@ def _audit_max_tokens() -> int:
 
 
 def teacher_dir(cache: Path, task_name: str, train_size: int, steps: int = TEACHER_STEPS) -> Path:
-    """The teacher's HF folder (trained on the first call, then reused)."""
-    folder = cache / f"teacher-{steps}"
+    """The teacher's HF folder (trained on the first call, then reused while its settings are the same)."""
+    settings = json.dumps([task_name, train_size, steps, TEACHER, TRAIN, VARIANTS], sort_keys=True, default=str)
+    folder = cache / f"teacher-{steps}-{hashlib.sha256(settings.encode()).hexdigest()[:10]}"
     if not (folder / "hf" / "config.json").is_file():
         folder.mkdir(parents=True, exist_ok=True)
         log.warning("training the bench teacher (%d steps on %s, once; cached in %s)", steps, VARIANTS, folder)

@@ -31,7 +31,7 @@ def sweep_level(url: str, clients: int, per_client: int, tokens: int, request: A
     produced, errors = [0], [0]
     lock = threading.Lock()
 
-    def run() -> None:
+    def run(_i: int) -> None:
         client = openai.OpenAI(base_url=url, api_key="bench", max_retries=0, timeout=300)
         for _ in range(per_client):
             try:
@@ -44,14 +44,19 @@ def sweep_level(url: str, clients: int, per_client: int, tokens: int, request: A
                 with lock:
                     errors[0] += 1
 
-    threads = [threading.Thread(target=run) for _ in range(clients)]
+    wall = run_clients(clients, run)
+    return {"tokens_per_s": produced[0] / wall, "ttft_p95_ms": 1000 * _p95(ttfts), "errors": errors[0]}
+
+
+def run_clients(clients: int, client: Any) -> float:
+    """``client(i)`` for each of ``clients`` on threads of its own, all at once; returns the wall time (s)."""
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
     start = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    wall = time.perf_counter() - start
-    return {"tokens_per_s": produced[0] / wall, "ttft_p95_ms": 1000 * _p95(ttfts), "errors": errors[0]}
+    return time.perf_counter() - start
 
 
 def bench_paths(

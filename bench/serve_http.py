@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from serve_batching import _p95
+from serve_batching import _p95, run_clients
 
 ROOT = Path(__file__).resolve().parent.parent
 MESSAGES = [{"role": "user", "content": "dim the lights in meeting room 21 to 90% and close the blinds at 09:45"}]
@@ -96,13 +96,7 @@ def bench_concurrent(url: str, clients: int, per_client: int, tokens: int) -> di
                 with lock:
                     errors.append(f"{type(exc).__name__}: {exc}")
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(clients)]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    wall = time.perf_counter() - start
+    wall = run_clients(clients, run)
     p95 = _p95(latencies)
     return {
         "clients": clients,

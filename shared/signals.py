@@ -80,7 +80,8 @@ def request_signals(
 
 
 def bucket_index(edges: Sequence[float], value: float) -> int:
-    """Bucket i holds ``edges[i-1] <= value < edges[i]``; below edges[0] is bucket 0, above the last is -1."""
+    """Bucket i holds ``edges[i-1] <= value < edges[i]``; below edges[0] is bucket 0, at or above the last edge
+    is bucket ``len(edges)``."""
     return bisect.bisect_right(edges, value)
 
 

@@ -183,8 +183,7 @@ def logprob_entry(ev: Any) -> dict[str, Any]:
 def _settling(events: Iterator[Any], channel: EventChannel) -> Iterator[Any]:
     """``events``, handing the GIL to the loop between them when a chunk waits (``EventChannel.settle``)."""
     for ev in events:
-        if channel.handoff_due:
-            channel.settle()
+        channel.settle()  # returns at once unless a chunk waits
         yield ev
 
 

@@ -329,7 +329,7 @@ async def _stream(gen: Generation, model: str, chat: bool, include_usage: bool) 
             batch = await channel.get_batch()
             kind, value = batch[-1]  # the final event is always the last one put
             if kind in ("done", "error"):
-                out += sse.batch(batch[:-1]) if len(batch) > 1 else ""
+                out += sse.batch(batch[:-1])
                 yield out + sse.ending(kind, value) + "data: [DONE]\n\n"
                 return
             out += sse.batch(batch)

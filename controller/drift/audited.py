@@ -12,7 +12,7 @@ from typing import Any
 
 from sqlmodel import Session
 
-from controller.store.tables import KeyValue
+from controller.store.kv import get_value
 
 TALLY_PREFIX = "audit.tally/"
 Z95 = 1.959964
@@ -72,8 +72,8 @@ def tally_key(profile: str, model_name: str, version: str) -> str:
 
 
 def load_tally(session: Session, profile: str, model_name: str, version: str) -> Tally:
-    row = session.get(KeyValue, tally_key(profile, model_name, version))
-    return Tally(**json.loads(row.value)) if row and row.value else Tally()
+    raw = get_value(session, tally_key(profile, model_name, version))
+    return Tally(**json.loads(raw)) if raw else Tally()
 
 
 def audited_summary(session: Session, profile: str, model_name: str, version: str) -> dict[str, Any] | None:

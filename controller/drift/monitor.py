@@ -36,7 +36,8 @@ from controller.drift.policy import Booking, Decision, DriftActions, action_for,
 from controller.drift.waiting import dispatch_waiting, hold
 from controller.drift.watch import Finding, Watch
 from controller.store.db import Store
-from controller.store.tables import DetectorState, DriftEventRow, KeyValue, TelemetryWindowRow
+from controller.store.kv import get_value, put_value
+from controller.store.tables import DetectorState, DriftEventRow, TelemetryWindowRow
 from controller.telemetry.extras import load_signals
 from shared.errors import ConfigError
 from shared.profiles import DeviceProfile
@@ -54,15 +55,12 @@ def state_key(profile: str, model_name: str, model_version: str) -> str:
 
 def _cursor(store: Store) -> int:
     with store.session() as s:
-        row = s.get(KeyValue, CURSOR_KEY)
-        return int(row.value) if row and row.value else 0
+        return int(get_value(s, CURSOR_KEY, "0"))
 
 
 def _set_cursor(store: Store, value: int) -> None:
     with store.session() as s:
-        row = s.get(KeyValue, CURSOR_KEY) or KeyValue(key=CURSOR_KEY)
-        row.value = str(value)
-        s.add(row)
+        put_value(s, CURSOR_KEY, str(value))
 
 
 def run_drift_check(

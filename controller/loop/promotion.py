@@ -15,6 +15,7 @@ from sqlmodel import Session, col, select
 
 from controller.rollout import engine as rollouts
 from controller.rollout.spec import RolloutConflict, RolloutSpec
+from controller.store.kv import get_value
 from controller.store.tables import DriftEventRow, Job, KeyValue
 from shared.errors import NotFound
 
@@ -80,8 +81,7 @@ def _beats_parent(app: ControllerApp, name: str, new: str, parent: str) -> tuple
 def promotion_of(app: ControllerApp, job_id: str) -> str:
     """What :func:`promote_finished_jobs` decided for a job's result ("" until it has)."""
     with app.store.session() as s:
-        row = s.get(KeyValue, PROMOTED + job_id)
-    return row.value if row is not None else ""
+        return get_value(s, PROMOTED + job_id)
 
 
 def promote_finished_jobs(app: ControllerApp) -> list[str]:
