@@ -26,14 +26,14 @@ def state_name(job: Any) -> str:
     return str(admin_pb2.JobState.Name(job.state)).removeprefix("JOB_STATE_").lower()
 
 
+def step_label(step: str, index: int, count: int) -> str:
+    """``[k/N] step`` for the step at 0-based ``index`` of ``count`` (cached ones included): [1/N] .. [N/N]."""
+    return f"[{min(index + 1, count)}/{count}] {step}" if count else step
+
+
 def stage_label(job: Any) -> str:
-    """``[k/N] stage``: the job row's ``stage_index`` is the 0-based position of ``stage`` among its
-    ``stage_count`` steps (cached ones included), so the counter reads [1/N] .. [N/N]."""
-    if not job.stage:
-        return "queued"
-    if not job.stage_count:
-        return job.stage
-    return f"[{min(job.stage_index + 1, job.stage_count)}/{job.stage_count}] {job.stage}"
+    """The running step of a job row (its ``stage`` at ``stage_index`` of ``stage_count``), or "queued"."""
+    return step_label(job.stage, job.stage_index, job.stage_count) if job.stage else "queued"
 
 
 def _interval() -> float:
@@ -79,7 +79,7 @@ class LineFollower:
         self.last_line = time.monotonic()
 
     def _event(self, event: Any, count: int) -> None:
-        label = f"[{event.index + 1}/{count}] {event.step}" if count else event.step
+        label = step_label(event.step, event.index, count)
         if event.status == "started":
             self.running, self.last_message = event.step, ""
             text = "started"
