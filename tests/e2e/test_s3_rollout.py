@@ -24,6 +24,7 @@ from shared.manifest import Manifest
 from shared.pb import admin_pb2, common_pb2
 from tests.e2e.conftest import golden_for
 from tests.fixtures.controller import admin, agent_settings
+from tests.fixtures.waiting import wait_for
 
 PAUSED, SUCCEEDED = admin_pb2.ROLLOUT_STATE_PAUSED, admin_pb2.ROLLOUT_STATE_SUCCEEDED
 AGENTS = 2
@@ -116,11 +117,18 @@ def test_a_corrupted_object_is_refused_and_the_device_recorded_failed(
     assert largest.path in done.message and largest.sha256[:12] in done.message, done.message
     assert sorted(t.state for t in done.targets) == ["rolled_back"] * AGENTS  # failed, the wave rolled back
     assert all("device(s) failed" in t.message for t in done.targets)
-    with server.app.store.session() as session:  # each device's own reason: its sha256 check of that file
-        failures = session.exec(
-            select(InstallEvent).where(InstallEvent.model_version == version, InstallEvent.to_state == "FAILED")
-        ).all()
-    assert {e.agent_id for e in failures} == {a.agent_id for a in agents}
-    assert all(f"{largest.path}: sha256" in e.message for e in failures), [e.message for e in failures]
+
+    def failures() -> list[InstallEvent]:  # each device's own reason: its sha256 check of that file
+        with server.app.store.session() as session:
+            return list(
+                session.exec(
+                    select(InstallEvent).where(InstallEvent.model_version == version, InstallEvent.to_state == "FAILED")
+                ).all()
+            )
+
+    # a device's install events reach the controller with its next report, which may follow the wave's verdict
+    wait_for(lambda: len({e.agent_id for e in failures()}) == AGENTS, timeout_s=30)
+    assert {e.agent_id for e in failures()} == {a.agent_id for a in agents}
+    assert all(f"{largest.path}: sha256" in e.message for e in failures()), [e.message for e in failures()]
     assert all(a.services.machine.current_version() != ("tiny", version) for a in agents)
     assert artifact_bytes_served() - before == 0
